@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy (warnings are errors) and the
+# whole test suite. Extra arguments go to `cargo test`, e.g.
+#   scripts/test.sh -- --nocapture
+#   scripts/test.sh some_test_name
+# The integration tests start their own redis-server on free ports; this script
+# only makes sure the binary is installed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (needed by the integration tests)"
+  if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+  elif command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+  else
+    echo "redis-server is not installed and this user cannot install it (not root, no sudo)." >&2
+    echo "Install redis-server (e.g. apt-get install -y redis-server) and run again." >&2
+    exit 1
+  fi
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+  # A system redis the package may have started on 6379 is harmless: the tests
+  # start their own instances on free ports.
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test $*"
+cargo test "$@"
+
+step "all checks passed"

@@ -1,0 +1,413 @@
+//! Token verification (SPEC §4), admin checks (§7) and token minting for
+//! the `token` command and dev mode.
+//!
+//! Keys are loaded once at start-up. A token's header names its algorithm;
+//! it must be one of `auth.algorithms`, and the key is chosen by that
+//! algorithm's family (HMAC secret, PEM public key, or the JWKS entry named
+//! by `kid`), so a token can never pick a weaker key than configured. `none`
+//! does not exist in `jsonwebtoken::Algorithm`, so it can never verify.
+
+use crate::config::AuthConfig;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Who a verified token belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user_id: String,
+    pub roles: Vec<String>,
+    /// Expiry (seconds since the epoch), when the token has one.
+    pub exp: Option<u64>,
+}
+
+/// Why a token was refused; `code()` is the ERROR code of SPEC §4.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthError {
+    Missing,
+    Expired,
+    /// Anything else. The reason is for logs and never contains the token.
+    Invalid(&'static str),
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Expired => "token_expired",
+            AuthError::Invalid(_) => "invalid_token",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "no token: pass ?token=, Authorization: Bearer, or the bearer.<JWT> subprotocol"
+            }
+            AuthError::Expired => "the token has expired",
+            AuthError::Invalid(reason) => reason,
+        }
+    }
+}
+
+/// Result of an admin check (SPEC §7).
+#[derive(Debug, PartialEq)]
+pub enum Admin {
+    Allowed,
+    /// 401: missing or invalid credentials.
+    Unauthorized,
+    /// 403: a valid token without the admin role.
+    Forbidden,
+}
+
+/// Verifies tokens with the configured keys and claims.
+pub struct Verifier {
+    hmac: Option<DecodingKey>,
+    public_key: Option<DecodingKey>,
+    /// JWKS keys by `kid`, converted once at start-up.
+    jwks: HashMap<String, DecodingKey>,
+    /// One validation per accepted algorithm, built once.
+    validations: HashMap<Algorithm, Validation>,
+    user_claim: String,
+    roles_claim: String,
+    admin_role: String,
+    admin_api_key: String,
+}
+
+impl Verifier {
+    /// Loads the key material of `auth`. Errors name the config key.
+    pub fn new(auth: &AuthConfig) -> Result<Self, String> {
+        let secret = hmac_secret(auth)?;
+        let hmac = secret.map(|s| DecodingKey::from_secret(&s));
+        let public_key = if auth.public_key_file.is_empty() {
+            None
+        } else {
+            Some(load_public_key(&auth.public_key_file)?)
+        };
+        let jwks = if auth.jwks_file.is_empty() {
+            HashMap::new()
+        } else {
+            load_jwks(&auth.jwks_file)?
+        };
+        let mut validations = HashMap::new();
+        for name in &auth.algorithms {
+            let alg: Algorithm = name
+                .parse()
+                .map_err(|_| format!("auth.algorithms: unknown algorithm {name:?}"))?;
+            let has_key = match alg.family() {
+                AlgorithmFamily::Hmac => hmac.is_some(),
+                _ => public_key.is_some() || !jwks.is_empty(),
+            };
+            if !has_key {
+                return Err(format!(
+                    "auth.algorithms: {name} needs {}",
+                    if alg.family() == AlgorithmFamily::Hmac {
+                        "auth.secret or auth.secret_file"
+                    } else {
+                        "auth.public_key_file or auth.jwks_file"
+                    }
+                ));
+            }
+            let mut v = Validation::new(alg);
+            v.leeway = auth.leeway_secs;
+            // Tokens without `exp` are accepted (they never expire), as in
+            // Centrifugo; an `exp` that is present is always checked.
+            v.required_spec_claims.clear();
+            if !auth.issuer.is_empty() {
+                v.set_issuer(&[&auth.issuer]);
+                v.required_spec_claims.insert("iss".into());
+            }
+            if auth.audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&[&auth.audience]);
+                v.required_spec_claims.insert("aud".into());
+            }
+            validations.insert(alg, v);
+        }
+        Ok(Self {
+            hmac,
+            public_key,
+            jwks,
+            validations,
+            user_claim: auth.user_claim.clone(),
+            roles_claim: auth.roles_claim.clone(),
+            admin_role: auth.admin_role.clone(),
+            admin_api_key: auth.admin_api_key.clone(),
+        })
+    }
+
+    /// Verifies a client token and extracts the identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Invalid("the token is not a well-formed JWT"))?;
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or(AuthError::Invalid("the token's algorithm is not accepted"))?;
+        let key = self.key_for(&header)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Invalid("the token is not valid yet"),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong token issuer"),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong token audience"),
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad token signature"),
+                ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong token algorithm"),
+                _ => AuthError::Invalid("invalid token"),
+            },
+        )?;
+        let claims = data.claims;
+        let user_id = match claims.get(&self.user_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            _ => return Err(AuthError::Invalid("the token has no user claim")),
+        };
+        let roles = match claims.get(&self.roles_claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let exp = claims.get("exp").and_then(Value::as_u64);
+        Ok(Identity {
+            user_id,
+            roles,
+            exp,
+        })
+    }
+
+    fn key_for(&self, header: &Header) -> Result<&DecodingKey, AuthError> {
+        let no_key = AuthError::Invalid("no key for the token's algorithm");
+        if header.alg.family() == AlgorithmFamily::Hmac {
+            return self.hmac.as_ref().ok_or(no_key);
+        }
+        match &header.kid {
+            Some(kid) if !self.jwks.is_empty() => self
+                .jwks
+                .get(kid)
+                .ok_or(AuthError::Invalid("unknown key id")),
+            _ => self
+                .public_key
+                .as_ref()
+                .or_else(|| match self.jwks.len() {
+                    1 => self.jwks.values().next(),
+                    _ => None,
+                })
+                .ok_or(no_key),
+        }
+    }
+
+    /// Checks an admin API credential: the static key, or a JWT with the
+    /// admin role.
+    pub fn admin(&self, bearer: Option<&str>) -> Admin {
+        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
+            return Admin::Unauthorized;
+        };
+        if !self.admin_api_key.is_empty() && constant_time_eq(token, &self.admin_api_key) {
+            return Admin::Allowed;
+        }
+        match self.verify(token) {
+            Ok(id) if id.roles.contains(&self.admin_role) => Admin::Allowed,
+            Ok(_) => Admin::Forbidden,
+            Err(_) => Admin::Unauthorized,
+        }
+    }
+}
+
+/// The HMAC secret from `auth.secret` or `auth.secret_file`.
+fn hmac_secret(auth: &AuthConfig) -> Result<Option<Vec<u8>>, String> {
+    if !auth.secret.is_empty() {
+        return Ok(Some(auth.secret.as_bytes().to_vec()));
+    }
+    if auth.secret_file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&auth.secret_file)
+        .map_err(|e| format!("auth.secret_file: {}: {e}", auth.secret_file))?;
+    // Files written by `echo` or Kubernetes tooling often end in a newline.
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err("auth.secret_file: the file is empty".into());
+    }
+    Ok(Some(secret.as_bytes().to_vec()))
+}
+
+fn load_public_key(path: &str) -> Result<DecodingKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("auth.public_key_file: {path}: {e}"))?;
+    DecodingKey::from_rsa_pem(&pem)
+        .or_else(|_| DecodingKey::from_ec_pem(&pem))
+        .or_else(|_| DecodingKey::from_ed_pem(&pem))
+        .map_err(|_| {
+            format!(
+                "auth.public_key_file: {path}: not an RSA, EC or Ed25519 public key in PEM form"
+            )
+        })
+}
+
+fn load_jwks(path: &str) -> Result<HashMap<String, DecodingKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("auth.jwks_file: {path}: {e}"))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("auth.jwks_file: {path}: not a JWKS document: {e}"))?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk.common.key_id.clone().unwrap_or_else(|| i.to_string());
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("auth.jwks_file: {path}: key {kid:?}: {e}"))?;
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(format!("auth.jwks_file: {path}: the set has no keys"));
+    }
+    Ok(keys)
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a minted token says.
+pub struct Mint<'a> {
+    pub sub: &'a str,
+    pub roles: &'a [String],
+    pub ttl: Duration,
+}
+
+/// Mints an HMAC-signed token with the configured secret, claim names,
+/// issuer and audience. Fails when no HMAC secret is configured.
+pub fn mint(auth: &AuthConfig, what: &Mint) -> Result<String, String> {
+    let secret = hmac_secret(auth)?.ok_or(
+        "no HMAC secret configured: set auth.secret (GATEWAY_AUTH_SECRET) or auth.secret_file",
+    )?;
+    let alg = auth
+        .algorithms
+        .iter()
+        .filter_map(|a| a.parse::<Algorithm>().ok())
+        .find(|a| a.family() == AlgorithmFamily::Hmac)
+        .ok_or("auth.algorithms has no HMAC algorithm (HS256/384/512) to sign with")?;
+    let now = unix_now();
+    let mut claims = Map::new();
+    claims.insert(auth.user_claim.clone(), Value::from(what.sub));
+    claims.insert(auth.roles_claim.clone(), Value::from(what.roles.to_vec()));
+    claims.insert("iat".into(), Value::from(now));
+    claims.insert("exp".into(), Value::from(now + what.ttl.as_secs().max(1)));
+    if !auth.issuer.is_empty() {
+        claims.insert("iss".into(), Value::from(auth.issuer.clone()));
+    }
+    if !auth.audience.is_empty() {
+        claims.insert("aud".into(), Value::from(auth.audience.clone()));
+    }
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .map_err(|e| format!("signing failed: {e}"))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: &str) -> AuthConfig {
+        AuthConfig {
+            secret: secret.into(),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn token(a: &AuthConfig, sub: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        mint(
+            a,
+            &Mint {
+                sub,
+                roles: &roles,
+                ttl: Duration::from_secs(60),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_own_tokens() {
+        let a = auth("s");
+        let v = Verifier::new(&a).unwrap();
+        let id = v.verify(&token(&a, "42", &["ops"])).unwrap();
+        assert_eq!(id.user_id, "42");
+        assert_eq!(id.roles, vec!["ops"]);
+        assert!(id.exp.is_some());
+    }
+
+    #[test]
+    fn refuses_bad_tokens() {
+        let v = Verifier::new(&auth("s")).unwrap();
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(v.verify("garbage").unwrap_err().code(), "invalid_token");
+        let other = token(&auth("other"), "42", &[]);
+        assert_eq!(v.verify(&other).unwrap_err().code(), "invalid_token");
+        // alg "none": header {"alg":"none"}, no signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiJ9.";
+        assert_eq!(v.verify(none).unwrap_err().code(), "invalid_token");
+    }
+
+    #[test]
+    fn expired_and_issuer() {
+        let mut a = auth("s");
+        a.leeway_secs = 0;
+        let v = Verifier::new(&a).unwrap();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "1".into());
+        claims.insert("exp".into(), Value::from(unix_now() - 10));
+        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s"))
+            .unwrap();
+        assert_eq!(v.verify(&t), Err(AuthError::Expired));
+
+        let mut with_iss = auth("s");
+        with_iss.issuer = "finance-api".into();
+        let v = Verifier::new(&with_iss).unwrap();
+        assert_eq!(
+            v.verify(&token(&a, "1", &[])).unwrap_err().code(),
+            "invalid_token"
+        );
+        assert!(v.verify(&token(&with_iss, "1", &[])).is_ok());
+    }
+
+    #[test]
+    fn integer_user_claim() {
+        let v = Verifier::new(&auth("s")).unwrap();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from(42));
+        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s"))
+            .unwrap();
+        assert_eq!(v.verify(&t).unwrap().user_id, "42");
+    }
+
+    #[test]
+    fn admin_checks() {
+        let mut a = auth("s");
+        a.admin_api_key = "key".into();
+        let v = Verifier::new(&a).unwrap();
+        assert_eq!(v.admin(None), Admin::Unauthorized);
+        assert_eq!(v.admin(Some("nope")), Admin::Unauthorized);
+        assert_eq!(v.admin(Some("key")), Admin::Allowed);
+        assert_eq!(v.admin(Some(&token(&a, "1", &["admin"]))), Admin::Allowed);
+        assert_eq!(v.admin(Some(&token(&a, "1", &["ops"]))), Admin::Forbidden);
+    }
+}

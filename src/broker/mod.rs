@@ -1,0 +1,50 @@
+//! Where messages come from: Redis, or the embedded in-memory broker.
+//!
+//! Both implement [`Broker`] with the same channel semantics (SPEC §3, §9):
+//! a message published on a channel reaches every instance subscribed to it,
+//! and the canonical publish path appends to the user's history first. Both
+//! deliver incoming messages straight into the [`Hub`](crate::hub::Hub).
+
+pub mod memory;
+pub mod redis;
+
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A broker failure, as text for logs and HTTP answers.
+pub type BrokerError = String;
+
+pub trait Broker: Send + Sync {
+    /// `"redis"` or `"memory"`, as `/ws/health` reports it.
+    fn kind(&self) -> &'static str;
+
+    /// True while the broker can deliver.
+    fn is_up(&self) -> bool;
+
+    /// Subscribes this instance to `channels`, returning once confirmed.
+    fn subscribe<'a>(&'a self, channels: &'a [Box<str>]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    fn unsubscribe<'a>(
+        &'a self,
+        channels: &'a [Box<str>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Plain publish: live delivery only (broadcast, roles).
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The canonical path (SPEC §3): append to `history_key`, trim, set its
+    /// expiry, and publish on `channel`, as one atomic step.
+    fn publish_with_history<'a>(
+        &'a self,
+        history_key: &'a str,
+        channel: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+}

@@ -1,0 +1,240 @@
+//! Redis through fred: two connections per instance, however many clients.
+//!
+//! - `subscriber` is in pub/sub mode: it holds every SUBSCRIBE and receives
+//!   all messages. A reader task drains fred's broadcast channel straight
+//!   into the hub. That channel is bounded (fred's default is 32); it is
+//!   sized large here, and a lag is counted and logged rather than ending
+//!   the reader the way fred's own `on_message` helper would.
+//! - `publisher` runs ordinary commands: the canonical publish transaction.
+//!
+//! On reconnect the hub is told to resync, and the subscriptions task
+//! resubscribes every channel itself and checks the result.
+
+use super::{BoxFuture, Broker, BrokerError};
+use crate::hub::Hub;
+use bytes::Bytes;
+use fred::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Messages fred may buffer between its socket reader and our reader task.
+/// Our reader only validates and pushes into outboxes, so it keeps up; the
+/// size covers scheduling hiccups under bursts.
+const MESSAGE_BUFFER: usize = 64 * 1024;
+
+/// How long one Redis command may take before it fails (a publish during an
+/// outage answers with an error instead of hanging).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct RedisBroker {
+    subscriber: Client,
+    publisher: Publisher,
+}
+
+/// The publishing half, on its own for the `publish` command.
+pub struct Publisher {
+    client: Client,
+    history_size: i64,
+    history_ttl_secs: i64,
+}
+
+fn build_client(config: &Config) -> Result<Client, BrokerError> {
+    Builder::from_config(config.clone())
+        .with_performance_config(|p| {
+            p.broadcast_channel_capacity = MESSAGE_BUFFER;
+            p.default_command_timeout = COMMAND_TIMEOUT;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(err)
+}
+
+fn parse_url(url: &str) -> Result<Config, BrokerError> {
+    Config::from_url(url).map_err(|e| format!("redis.url: {}", e.details()))
+}
+
+impl Publisher {
+    /// Starts connecting; commands wait for the connection (up to the
+    /// command timeout).
+    pub fn start(
+        url: &str,
+        history_size: usize,
+        history_ttl_secs: u64,
+    ) -> Result<Self, BrokerError> {
+        let client = build_client(&parse_url(url)?)?;
+        client.connect();
+        Ok(Self {
+            client,
+            history_size: i64::try_from(history_size).unwrap_or(i64::MAX),
+            history_ttl_secs: i64::try_from(history_ttl_secs).unwrap_or(i64::MAX),
+        })
+    }
+
+    pub async fn wait_connected(&self, limit: Duration) -> Result<(), BrokerError> {
+        match tokio::time::timeout(limit, self.client.wait_for_connect()).await {
+            Ok(result) => result.map_err(err),
+            Err(_) => Err(format!("redis: no connection within {}s", limit.as_secs())),
+        }
+    }
+
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BrokerError> {
+        let _receivers: i64 = self.client.publish(channel, payload).await.map_err(err)?;
+        Ok(())
+    }
+
+    /// RPUSH + LTRIM + EXPIRE + PUBLISH in one MULTI/EXEC.
+    pub async fn publish_with_history(
+        &self,
+        history_key: &str,
+        channel: &str,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        let trx = self.client.multi();
+        let _: Value = trx.rpush(history_key, payload.clone()).await.map_err(err)?;
+        let _: Value = trx
+            .ltrim(history_key, -self.history_size, -1)
+            .await
+            .map_err(err)?;
+        let _: Value = trx
+            .expire(history_key, self.history_ttl_secs, None)
+            .await
+            .map_err(err)?;
+        let _: Value = trx.publish(channel, payload).await.map_err(err)?;
+        let _: Value = trx.exec(true).await.map_err(err)?;
+        Ok(())
+    }
+}
+
+impl RedisBroker {
+    /// Connects both clients and starts the reader and reconnect tasks. Does
+    /// not wait for Redis: until it answers, the broker reports down.
+    pub fn start(
+        url: &str,
+        hub: Hub,
+        history_size: usize,
+        history_ttl_secs: u64,
+    ) -> Result<Self, BrokerError> {
+        let subscriber = build_client(&parse_url(url)?)?;
+        spawn_reader(&subscriber, hub.clone());
+        spawn_reconnect_watch(&subscriber, hub);
+        subscriber.connect();
+        let publisher = Publisher::start(url, history_size, history_ttl_secs)?;
+        Ok(Self {
+            subscriber,
+            publisher,
+        })
+    }
+
+    /// Waits up to `limit` for both connections.
+    pub async fn wait_connected(&self, limit: Duration) -> Result<(), BrokerError> {
+        match tokio::time::timeout(limit, self.subscriber.wait_for_connect()).await {
+            Ok(result) => result.map_err(err)?,
+            Err(_) => return Err(format!("redis: no connection within {}s", limit.as_secs())),
+        }
+        self.publisher.wait_connected(limit).await
+    }
+}
+
+fn spawn_reader(subscriber: &Client, hub: Hub) {
+    let mut messages = subscriber.message_rx();
+    tokio::spawn(async move {
+        loop {
+            match messages.recv().await {
+                Ok(message) => {
+                    let payload = match message.value {
+                        Value::String(s) => s.into_inner(),
+                        Value::Bytes(b) => b,
+                        _ => Bytes::new(), // not a text payload: dropped by validation
+                    };
+                    hub.dispatch(&message.channel, payload);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    hub.stats().broker_lagged.fetch_add(missed, Relaxed);
+                    tracing::error!(missed, "the Redis reader fell behind; messages were lost");
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+fn spawn_reconnect_watch(subscriber: &Client, hub: Hub) {
+    let mut reconnects = subscriber.reconnect_rx();
+    let mut errors = subscriber.error_rx();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            tokio::select! {
+                event = reconnects.recv() => match event {
+                    Ok(server) => {
+                        if !first {
+                            hub.stats().broker_reconnects.fetch_add(1, Relaxed);
+                        }
+                        first = false;
+                        tracing::info!(%server, "connected to Redis; resubscribing");
+                        hub.resync();
+                    }
+                    Err(RecvError::Lagged(_)) => hub.resync(),
+                    Err(RecvError::Closed) => break,
+                },
+                event = errors.recv() => match event {
+                    Ok((error, _)) => tracing::warn!(error = %error.details(), "Redis connection error"),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+    });
+}
+
+fn err(e: Error) -> BrokerError {
+    format!("redis: {}", e.details())
+}
+
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_up(&self) -> bool {
+        self.subscriber.is_connected() && self.publisher.client.is_connected()
+    }
+
+    fn subscribe<'a>(&'a self, channels: &'a [Box<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
+            self.subscriber.subscribe(names).await.map_err(err)
+        })
+    }
+
+    fn unsubscribe<'a>(
+        &'a self,
+        channels: &'a [Box<str>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
+            self.subscriber.unsubscribe(names).await.map_err(err)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.publisher.publish(channel, payload))
+    }
+
+    fn publish_with_history<'a>(
+        &'a self,
+        history_key: &'a str,
+        channel: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(
+            self.publisher
+                .publish_with_history(history_key, channel, payload),
+        )
+    }
+}

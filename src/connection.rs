@@ -1,0 +1,275 @@
+//! One client connection, from the upgraded socket to the close.
+//!
+//! A single task per connection (lighter than split reader/writer tasks)
+//! `select!`s over: the outbox (messages to write), the client's frames,
+//! the heartbeat tick and the idle deadline. Queued messages are written as
+//! one batch with one flush, so a burst costs one syscall per connection,
+//! not one per message. While a batch is being written the task also
+//! watches the outbox, so a client that stopped reading is closed with 4008
+//! as soon as its queue overflows, not whenever its socket unblocks.
+
+use crate::auth::{AuthError, Identity};
+use crate::hub::{Hub, Refused};
+use crate::outbox::{CloseReason, Outbox};
+use crate::protocol::{self, close, ClientMessage};
+use futures_util::{SinkExt, StreamExt};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a closing handshake may take before the socket is dropped. Long
+/// enough for a stalled client that wakes up to still read its close code.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a new connection waits for its channels to be subscribed before
+/// it is told CONNECTED anyway (the broker may be reconnecting).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+/// Per-connection settings, shared by every session of the instance.
+pub struct SessionConfig {
+    pub instance: Arc<str>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub send_queue: usize,
+    pub max_message_bytes: usize,
+}
+
+impl SessionConfig {
+    /// tungstenite's buffers, sized for many mostly idle connections: its
+    /// defaults (128 KiB read buffer allocated up front, unbounded write
+    /// buffer) would cost gigabytes at 10k clients.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        const WRITE_BUFFER: usize = 4 * 1024;
+        WebSocketConfig::default()
+            .read_buffer_size(1024)
+            .write_buffer_size(WRITE_BUFFER)
+            // The buffer only grows past WRITE_BUFFER by one frame before a
+            // flush; the cap must admit the largest relayed message.
+            .max_write_buffer_size(WRITE_BUFFER + protocol::MAX_PUBLISHED_BYTES + 64)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes))
+    }
+}
+
+/// Why a session ended, for the close log line.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    ClientClosed,
+    ClientGone,
+    SlowConsumer,
+    Shutdown,
+    IdleTimeout,
+    MessageTooBig,
+    BinaryFrame,
+    ProtocolError,
+}
+
+/// Runs one client connection to its end.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    auth: Result<Identity, AuthError>,
+    hub: Hub,
+    cfg: Arc<SessionConfig>,
+    ip: IpAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let who = match auth {
+        Ok(who) => who,
+        Err(e) => {
+            tracing::info!(reason = e.code(), detail = e.message(), %ip, "handshake refused");
+            refuse(ws, e.code(), e.message(), close::INVALID_TOKEN).await;
+            return;
+        }
+    };
+    let outbox = Arc::new(Outbox::new(cfg.send_queue));
+    let mut registration = match hub.register(&who, outbox.clone()) {
+        Ok(r) => r,
+        Err(Refused::TooManyConnections) => {
+            tracing::info!(reason = "too_many_connections", user = %who.user_id, %ip, "handshake refused");
+            let message = "this user has too many open connections";
+            refuse(
+                ws,
+                "too_many_connections",
+                message,
+                close::TOO_MANY_CONNECTIONS,
+            )
+            .await;
+            return;
+        }
+    };
+    if let Some(ready) = registration.ready.take() {
+        if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
+            tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
+        }
+    }
+    let connection_id = registration.id.to_string();
+    let started = Instant::now();
+    tracing::info!(user = %who.user_id, connection = %connection_id, %ip, "connection opened");
+
+    let hello = protocol::connected(
+        &connection_id,
+        &who.user_id,
+        &cfg.instance,
+        cfg.ping_interval.as_secs(),
+    );
+    let end = match ws.send(Message::Text(hello)).await {
+        Ok(()) => serve(&mut ws, &outbox, &hub, &cfg).await,
+        Err(_) => End::ClientGone,
+    };
+    drop(registration);
+    tracing::info!(
+        user = %who.user_id,
+        connection = %connection_id,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = ?end,
+        "connection closed"
+    );
+}
+
+/// The session loop: relays queued messages, answers the client, keeps the
+/// heartbeat. Returns why it ended, after the close handshake.
+async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    outbox: &Outbox,
+    hub: &Hub,
+    cfg: &SessionConfig,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.ping_interval,
+        cfg.ping_interval,
+    );
+    let idle = tokio::time::sleep(cfg.idle_timeout);
+    tokio::pin!(idle);
+
+    loop {
+        tokio::select! {
+            closing = outbox.take(&mut batch) => {
+                if closing == Some(CloseReason::SlowConsumer) {
+                    return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer).await;
+                }
+                let written = batch.len() as u64;
+                let result = tokio::select! {
+                    result = write_batch(ws, &mut batch) => Some(result),
+                    _ = outbox.wait_closed(), if closing.is_none() => None,
+                };
+                match result {
+                    Some(Ok(())) => {
+                        hub.stats().messages_delivered.fetch_add(written, Relaxed);
+                    }
+                    Some(Err(_)) => return End::ClientGone,
+                    // Closed mid-write: loop to take the close reason.
+                    None => batch.clear(),
+                }
+                if closing == Some(CloseReason::Shutdown) {
+                    return close_with(ws, close::GOING_AWAY, "server shutting down", End::Shutdown).await;
+                }
+            }
+            incoming = ws.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + cfg.idle_timeout);
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if ws.send(Message::Text(answer(&text))).await.is_err() {
+                            return End::ClientGone;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return close_with(ws, close::UNSUPPORTED_DATA, "binary frames are not supported", End::BinaryFrame).await;
+                    }
+                    // Pings are answered by tungstenite on the next read.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the reply; flush it and finish.
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                        return End::ClientClosed;
+                    }
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return close_with(ws, close::MESSAGE_TOO_BIG, "message too big", End::MessageTooBig).await;
+                    }
+                    Some(Err(WsError::Protocol(_))) => {
+                        return close_with(ws, 1002, "protocol error", End::ProtocolError).await;
+                    }
+                    Some(Err(_)) | None => return End::ClientGone,
+                }
+            }
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::ClientGone;
+                }
+            }
+            _ = &mut idle => {
+                return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
+            }
+        }
+    }
+}
+
+/// Writes every queued message, then flushes once.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    batch: &mut Vec<Utf8Bytes>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for message in batch.drain(..) {
+        ws.feed(Message::Text(message)).await?;
+    }
+    ws.flush().await
+}
+
+/// The answer to a client's text message (SPEC §5).
+fn answer(text: &str) -> Utf8Bytes {
+    match protocol::parse_client(text) {
+        Ok(ClientMessage::Ping { ts }) => protocol::pong(ts),
+        Ok(ClientMessage::Unknown(kind)) => {
+            let shown: String = kind.chars().take(64).collect();
+            protocol::error("unknown_type", &format!("unknown message type {shown:?}"))
+        }
+        Err(e) => protocol::error(e.code, &e.message),
+    }
+}
+
+/// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
+async fn refuse<S>(mut ws: WebSocketStream<S>, code: &str, message: &str, close_code: u16)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let sent = tokio::time::timeout(
+        CLOSE_GRACE,
+        ws.send(Message::Text(protocol::error(code, message))),
+    )
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        close_with(&mut ws, close_code, code, End::ClientGone).await;
+    }
+}
+
+/// Starts the closing handshake with `code` and waits (bounded) for the
+/// client's reply, so the client reads the code before the socket goes.
+async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str, end: End) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: protocol::close_code(code),
+        reason: reason.into(),
+    };
+    let handshake = async {
+        ws.close(Some(frame)).await?;
+        while ws.next().await.is_some() {}
+        Ok::<(), WsError>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
+    end
+}

@@ -1,0 +1,260 @@
+//! The HTTP side: one listener, a small routing table, and the handlers of
+//! SPEC §7. Plain hyper, no framework: every route is visible in `route`.
+
+mod admin;
+pub mod reply;
+mod upgrade;
+
+use crate::auth::Verifier;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::connection::SessionConfig;
+use crate::hub::Hub;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The built-in test console (SPEC §7), compiled into the binary.
+const SOCKET_TEST_PAGE: &str = include_str!("socket_test.html");
+
+/// Everything the handlers share.
+pub struct App {
+    pub config: Config,
+    pub instance: Arc<str>,
+    pub hub: Hub,
+    pub broker: Arc<dyn Broker>,
+    pub verifier: Verifier,
+    pub session: Arc<SessionConfig>,
+    /// Per-IP connect rate (SPEC §2 `connect_rate_per_ip`); None = unlimited.
+    connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// WebSockets upgraded or being upgraded, for `max_connections`.
+    open_sockets: AtomicUsize,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        instance: Arc<str>,
+        hub: Hub,
+        broker: Arc<dyn Broker>,
+        verifier: Verifier,
+    ) -> Self {
+        let c = &config.connection;
+        let session = Arc::new(SessionConfig {
+            instance: instance.clone(),
+            ping_interval: Duration::from_secs(c.ping_interval_secs),
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs),
+            send_queue: c.send_queue,
+            max_message_bytes: config.server.max_message_bytes,
+        });
+        let connect_limiter = NonZeroU32::new(c.connect_rate_per_ip).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            config,
+            instance,
+            hub,
+            broker,
+            verifier,
+            session,
+            connect_limiter,
+            open_sockets: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one connect from `ip`'s budget; on refusal, how long to wait.
+    fn check_connect_rate(&self, ip: IpAddr) -> Result<(), Duration> {
+        let Some(limiter) = &self.connect_limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&ip).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+        })
+    }
+
+    /// Forgets idle per-IP buckets so the limiter does not grow forever.
+    pub fn prune_rate_limits(&self) {
+        if let Some(limiter) = &self.connect_limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Ready to take traffic (SPEC §4, §7): broker up, subscribed, and not
+    /// draining.
+    pub fn is_ready(&self) -> bool {
+        self.broker.is_up()
+            && self.hub.stats().base_subscribed.load(Relaxed)
+            && !self.hub.is_draining()
+    }
+}
+
+/// Accepts HTTP connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        // Small messages must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(|req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+/// The endpoints of SPEC §7.
+enum Route<'a> {
+    WebSocket,
+    Liveness,
+    Readiness,
+    Health,
+    Console,
+    Stats,
+    Broadcast,
+    TestMessage(&'a str),
+}
+
+impl<'a> Route<'a> {
+    fn resolve(path: &'a str) -> Option<Self> {
+        Some(match path {
+            "/ws" => Route::WebSocket,
+            "/healthz" => Route::Liveness,
+            "/readyz" => Route::Readiness,
+            "/ws/health" => Route::Health,
+            "/socket-test.html" => Route::Console,
+            "/ws/stats" | "/api/socket/status" => Route::Stats,
+            "/ws/broadcast" | "/api/socket/notify/system" => Route::Broadcast,
+            _ => Route::TestMessage(
+                path.strip_prefix("/ws/test-message/")
+                    .or_else(|| path.strip_prefix("/api/socket/notify/user/"))?,
+            ),
+        })
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Broadcast | Route::TestMessage(_) => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    fn needs_admin(&self) -> bool {
+        matches!(
+            self,
+            Route::Stats | Route::Broadcast | Route::TestMessage(_)
+        )
+    }
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
+    let path = req.uri().path().to_string();
+    let Some(route) = Route::resolve(&path) else {
+        return reply::not_found();
+    };
+    let method = req.method();
+    let allowed = route.method();
+    if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
+        return reply::method_not_allowed(allowed.as_str());
+    }
+    if route.needs_admin() {
+        if let Some(refusal) = admin::refusal(app, &req) {
+            return refusal;
+        }
+    }
+    match route {
+        Route::WebSocket => upgrade::handle(app, req, peer),
+        Route::Liveness => reply::json(StatusCode::OK, &json!({ "status": "ok" })),
+        Route::Readiness => readyz(app),
+        Route::Health => health(app),
+        Route::Console => reply::html(SOCKET_TEST_PAGE),
+        Route::Stats => admin::stats(app),
+        Route::Broadcast => admin::publish(app, req, admin::Target::Broadcast).await,
+        Route::TestMessage(user_id) if valid_user_id(user_id) => {
+            admin::publish(app, req, admin::Target::User(user_id)).await
+        }
+        Route::TestMessage(_) => {
+            reply::error(StatusCode::BAD_REQUEST, "bad_request", "invalid user id")
+        }
+    }
+}
+
+fn valid_user_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.contains('/')
+}
+
+fn health(app: &App) -> Response<reply::Body> {
+    let up = app.broker.is_up();
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::json(
+        status,
+        &json!({
+            "status": if up { "ok" } else { "degraded" },
+            "broker": app.broker.kind(),
+            "broker_up": up,
+            "connections": app.hub.connection_count(),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    )
+}
+
+fn readyz(app: &App) -> Response<reply::Body> {
+    if app.is_ready() {
+        reply::json(StatusCode::OK, &json!({ "status": "ready" }))
+    } else {
+        let why = if app.hub.is_draining() {
+            "draining"
+        } else {
+            "broker_down"
+        };
+        reply::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "not_ready", "reason": why }),
+        )
+    }
+}

@@ -1,0 +1,286 @@
+//! `GET /ws`: the WebSocket handshake (SPEC §4).
+//!
+//! Cheap refusals (not an upgrade, foreign origin, rate, capacity, draining)
+//! are plain HTTP answers before the upgrade. The token is checked here too,
+//! but a bad token is answered *after* the upgrade, with an ERROR frame and
+//! close 4001, because a browser cannot read the status of a failed upgrade.
+
+use super::{reply, App};
+use crate::connection;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// The subprotocol the server selects when the client offers it.
+const SUBPROTOCOL: &str = "ws-gateway";
+/// Prefix of the subprotocol that carries the token (`bearer.<JWT>`).
+const BEARER_PROTOCOL: &str = "bearer.";
+
+pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
+    let ip = peer.ip();
+    let Some(key) = upgrade_key(req.headers()) else {
+        return refuse(
+            ip,
+            reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "not a WebSocket upgrade request",
+            ),
+        );
+    };
+    if !origin_allowed(req.headers(), &app.config.server.allowed_origins) {
+        return refuse(
+            ip,
+            reply::error(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "this page's origin may not connect; see server.allowed_origins",
+            ),
+        );
+    }
+    if app.hub.is_draining() {
+        return refuse(
+            ip,
+            reply::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this instance is shutting down; reconnect to another",
+                1,
+            ),
+        );
+    }
+    let max = app.config.server.max_connections;
+    if max > 0 && app.open_sockets.load(Relaxed) >= max {
+        return refuse(
+            ip,
+            reply::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "over_capacity",
+                "this instance is at max_connections",
+                5,
+            ),
+        );
+    }
+    if let Err(wait) = app.check_connect_rate(ip) {
+        return refuse(
+            ip,
+            reply::retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many new connections from this address",
+                wait.as_secs_f64().ceil() as u64,
+            ),
+        );
+    }
+
+    let offered = offered_protocols(req.headers());
+    let token = token_from(&req, &offered).unwrap_or_default();
+    let auth = app.verifier.verify(&token);
+
+    let mut response = Response::new(reply::Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if offered.iter().any(|p| p == SUBPROTOCOL) {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+
+    let app = app.clone();
+    app.open_sockets.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        let _open = OpenSocket(&app);
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let config = Some(app.session.websocket_config());
+        // Unwrapping to the TcpStream drops hyper's leftover read buffer,
+        // which would otherwise stay allocated for the connection's life.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let io = parts.io.into_inner();
+                let ws = if parts.read_buf.is_empty() {
+                    WebSocketStream::from_raw_socket(io, Role::Server, config).await
+                } else {
+                    let early = parts.read_buf.to_vec();
+                    WebSocketStream::from_partially_read(io, early, Role::Server, config).await
+                };
+                connection::run(ws, auth, app.hub.clone(), app.session.clone(), ip).await;
+            }
+            Err(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
+                        .await;
+                connection::run(ws, auth, app.hub.clone(), app.session.clone(), ip).await;
+            }
+        }
+    });
+    response
+}
+
+/// Decrements the open-socket count when a session ends, however it ends.
+struct OpenSocket<'a>(&'a App);
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        self.0.open_sockets.fetch_sub(1, Relaxed);
+    }
+}
+
+fn refuse(ip: std::net::IpAddr, response: Response<reply::Body>) -> Response<reply::Body> {
+    tracing::info!(status = response.status().as_u16(), %ip, "handshake refused");
+    response
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request, if it is one.
+fn upgrade_key(headers: &HeaderMap) -> Option<&str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    if !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+        || !version_ok
+    {
+        return None;
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+}
+
+/// Same-origin, a listed origin, or `*`. Requests without `Origin` (not
+/// from a browser) are allowed: the origin check protects browsers' users
+/// from cross-site pages, it does not authenticate.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return headers.get(header::ORIGIN).is_none();
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map(|(_, host)| host);
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The token from `?token=`, `Authorization: Bearer`, or the
+/// `bearer.<JWT>` subprotocol, in that order.
+fn token_from(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
+    if let Some(token) = query_param(req.uri().query(), "token") {
+        return Some(token);
+    }
+    if let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+    {
+        return Some(token.to_string());
+    }
+    offered
+        .iter()
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL))
+        .map(str::to_string)
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let none: Vec<String> = vec![];
+        assert!(origin_allowed(&headers(&[("host", "a.example")]), &none));
+        let same = headers(&[
+            ("host", "a.example:8080"),
+            ("origin", "https://a.example:8080"),
+        ]);
+        assert!(origin_allowed(&same, &none));
+        let cross = headers(&[("host", "a.example"), ("origin", "https://evil.example")]);
+        assert!(!origin_allowed(&cross, &none));
+        assert!(origin_allowed(&cross, &["https://evil.example".into()]));
+        assert!(origin_allowed(&cross, &["*".into()]));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let ok = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert_eq!(upgrade_key(&ok), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(upgrade_key(&headers(&[("host", "x")])), None);
+    }
+
+    #[test]
+    fn token_sources() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(
+            query_param(Some("since=1&token=a.b.c"), "token").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(query_param(None, "token"), None);
+    }
+}

@@ -1,0 +1,481 @@
+//! Who is connected to this instance, and fan-out to them.
+//!
+//! The hub maps broker channels to the local connections that want them: a
+//! user's channel to that user's connections, a role's channel to the
+//! connections whose token has the role; the broadcast channel reaches every
+//! connection. A channel is wanted while it has at least one member; the
+//! [`subscriptions`](crate::subscriptions) task turns "wanted" into
+//! SUBSCRIBE/UNSUBSCRIBE on the broker.
+//!
+//! Race freedom: connect and disconnect change membership under one lock and
+//! only mark channels *dirty*; the single subscriptions task later compares
+//! each dirty channel's membership with what the broker has. However quickly
+//! a user connects and disconnects, the last reconciliation sees the final
+//! membership, so the broker ends up subscribed exactly to the wanted set.
+//!
+//! A `std::sync::Mutex` guards the state: every critical section is short
+//! and has no await, and fan-out only pushes into bounded outboxes (it never
+//! writes to a socket), so one slow client never holds the lock.
+
+use crate::auth::Identity;
+use crate::config::RedisConfig;
+use crate::outbox::{lock, CloseReason, Outbox, Push};
+use crate::protocol::{validate_published, Published};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+pub type ConnId = u64;
+
+/// A cheap-to-clone handle to the shared hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the subscriptions task when channels are dirty.
+    dirty: Notify,
+    names: ChannelNames,
+    max_per_user: usize,
+    next_id: AtomicU64,
+    pub stats: Stats,
+    started: Instant,
+    /// When a dropped publish was last logged (ms since start), to rate-limit.
+    last_drop_log_ms: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every local connection: the broadcast audience.
+    connections: HashMap<ConnId, Arc<Outbox>>,
+    /// Channels with at least one local member.
+    channels: HashMap<Box<str>, Channel>,
+    users: usize,
+    /// Work for the subscriptions task.
+    pending: Pending,
+    draining: bool,
+}
+
+struct Channel {
+    members: HashMap<ConnId, Arc<Outbox>>,
+    /// True once the broker confirmed the subscription.
+    confirmed: bool,
+}
+
+/// Channels whose subscription may need to change, and connections waiting
+/// for theirs to be confirmed.
+#[derive(Default)]
+pub struct Pending {
+    pub dirty: HashSet<Box<str>>,
+    pub waiters: Vec<oneshot::Sender<()>>,
+    /// The broker lost its subscriptions (reconnect): redo them all.
+    pub resync: bool,
+}
+
+/// How channel names are built (SPEC §2 `[redis]`).
+pub struct ChannelNames {
+    pub user_prefix: String,
+    pub role_prefix: String,
+    pub broadcast: String,
+}
+
+impl ChannelNames {
+    pub fn from_config(redis: &RedisConfig) -> Self {
+        Self {
+            user_prefix: redis.user_channel_prefix.clone(),
+            role_prefix: redis.role_channel_prefix.clone(),
+            broadcast: redis.broadcast_channel.clone(),
+        }
+    }
+
+    pub fn user(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.user_prefix)
+    }
+
+    pub fn role(&self, role: &str) -> String {
+        format!("{}{role}", self.role_prefix)
+    }
+}
+
+/// Counters for `/ws/stats`.
+#[derive(Default)]
+pub struct Stats {
+    pub messages_received: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub broker_reconnects: AtomicU64,
+    pub broker_lagged: AtomicU64,
+    /// True while the broker holds this instance's fixed subscriptions
+    /// (broadcast): a condition of readiness.
+    pub base_subscribed: AtomicBool,
+}
+
+/// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
+pub struct Snapshot {
+    pub connections: usize,
+    pub users: usize,
+    pub subscriptions: usize,
+    pub uptime_secs: u64,
+}
+
+/// Refusal of a registration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    TooManyConnections,
+}
+
+/// A registered connection; unregisters itself when dropped, so every exit
+/// path of a session (including a panic) releases its subscriptions.
+pub struct Registration {
+    hub: Hub,
+    pub id: ConnId,
+    channels: Vec<Box<str>>,
+    /// Resolves when every channel of this connection is subscribed.
+    pub ready: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id, &self.channels);
+    }
+}
+
+impl Hub {
+    pub fn new(names: ChannelNames, max_per_user: usize) -> Self {
+        let state = State {
+            pending: Pending {
+                resync: true,
+                ..Pending::default()
+            },
+            ..State::default()
+        };
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                dirty: Notify::new(),
+                names,
+                max_per_user,
+                next_id: AtomicU64::new(1),
+                stats: Stats::default(),
+                started: Instant::now(),
+                last_drop_log_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn names(&self) -> &ChannelNames {
+        &self.shared.names
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Adds a connection to its user's and roles' channels.
+    pub fn register(&self, who: &Identity, outbox: Arc<Outbox>) -> Result<Registration, Refused> {
+        let names = &self.shared.names;
+        let mut channels: Vec<Box<str>> = Vec::with_capacity(1 + who.roles.len());
+        channels.push(names.user(&who.user_id).into());
+        for role in &who.roles {
+            let channel: Box<str> = names.role(role).into();
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        let id = self.shared.next_id.fetch_add(1, Relaxed);
+
+        let mut state = lock(&self.shared.state);
+        let user_count = state
+            .channels
+            .get(&channels[0])
+            .map_or(0, |c| c.members.len());
+        if user_count >= self.shared.max_per_user {
+            return Err(Refused::TooManyConnections);
+        }
+        if user_count == 0 {
+            state.users += 1;
+        }
+        state.connections.insert(id, outbox.clone());
+        let mut all_confirmed = true;
+        for name in &channels {
+            let channel = match state.channels.get_mut(name) {
+                Some(c) => c,
+                None => {
+                    state.pending.dirty.insert(name.clone());
+                    state.channels.entry(name.clone()).or_insert(Channel {
+                        members: HashMap::new(),
+                        confirmed: false,
+                    })
+                }
+            };
+            channel.members.insert(id, outbox.clone());
+            all_confirmed &= channel.confirmed;
+        }
+        let ready = if all_confirmed {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            state.pending.waiters.push(tx);
+            Some(rx)
+        };
+        drop(state);
+        self.shared.stats.connections_opened.fetch_add(1, Relaxed);
+        if ready.is_some() {
+            self.shared.dirty.notify_one();
+        }
+        Ok(Registration {
+            hub: self.clone(),
+            id,
+            channels,
+            ready,
+        })
+    }
+
+    fn unregister(&self, id: ConnId, channels: &[Box<str>]) {
+        let mut state = lock(&self.shared.state);
+        if state.connections.remove(&id).is_none() {
+            return;
+        }
+        let mut emptied = false;
+        for (i, name) in channels.iter().enumerate() {
+            let Some(channel) = state.channels.get_mut(name) else {
+                continue;
+            };
+            channel.members.remove(&id);
+            if channel.members.is_empty() {
+                state.channels.remove(name);
+                state.pending.dirty.insert(name.clone());
+                emptied = true;
+                if i == 0 {
+                    state.users -= 1;
+                }
+            }
+        }
+        drop(state);
+        if emptied {
+            self.shared.dirty.notify_one();
+        }
+    }
+
+    /// Relays a message that arrived on `channel` to every local member.
+    /// Called by the broker's reader for each message, without waiting on
+    /// any client.
+    pub fn dispatch(&self, channel: &str, payload: Bytes) {
+        let stats = &self.shared.stats;
+        stats.messages_received.fetch_add(1, Relaxed);
+        let message = match validate_published(payload) {
+            Ok(Published { text }) => text,
+            Err(invalid) => {
+                stats.messages_dropped.fetch_add(1, Relaxed);
+                self.log_drop(channel, invalid.as_str());
+                return;
+            }
+        };
+        let mut overflowed = 0;
+        let state = lock(&self.shared.state);
+        let audience = if channel == self.shared.names.broadcast {
+            Some(&state.connections)
+        } else {
+            state.channels.get(channel).map(|c| &c.members)
+        };
+        for outbox in audience.into_iter().flat_map(|a| a.values()) {
+            if outbox.push(message.clone()) == Push::Overflowed {
+                overflowed += 1;
+            }
+        }
+        drop(state);
+        if overflowed > 0 {
+            stats
+                .slow_consumer_disconnects
+                .fetch_add(overflowed, Relaxed);
+        }
+    }
+
+    fn log_drop(&self, channel: &str, reason: &str) {
+        let now_ms = self.shared.started.elapsed().as_millis() as u64;
+        let last = self.shared.last_drop_log_ms.load(Relaxed);
+        if now_ms >= last + 1000
+            && self
+                .shared
+                .last_drop_log_ms
+                .compare_exchange(last, now_ms.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                channel,
+                reason,
+                dropped_total = self.shared.stats.messages_dropped.load(Relaxed),
+                "dropped a published message: it must be a JSON object with a string \"type\", at most 1 MiB (logged at most once a second)"
+            );
+        }
+    }
+
+    /// Takes the subscription work queued since the last call.
+    pub fn take_pending(&self) -> Pending {
+        std::mem::take(&mut lock(&self.shared.state).pending)
+    }
+
+    /// Waits until there may be subscription work.
+    pub async fn pending_changed(&self) {
+        self.shared.dirty.notified().await
+    }
+
+    /// Puts back work the subscriptions task could not finish.
+    pub fn restore_pending(&self, pending: Pending) {
+        let mut state = lock(&self.shared.state);
+        state.pending.dirty.extend(pending.dirty);
+        state.pending.waiters.extend(pending.waiters);
+        state.pending.resync |= pending.resync;
+    }
+
+    /// Channels that currently have members.
+    pub fn wanted_channels(&self) -> Vec<Box<str>> {
+        lock(&self.shared.state).channels.keys().cloned().collect()
+    }
+
+    /// Whether `channel` currently has members.
+    pub fn wants(&self, channel: &str) -> bool {
+        lock(&self.shared.state).channels.contains_key(channel)
+    }
+
+    /// Marks channels as subscribed at the broker.
+    pub fn confirm(&self, channels: &[Box<str>]) {
+        let mut state = lock(&self.shared.state);
+        for name in channels {
+            if let Some(c) = state.channels.get_mut(name) {
+                c.confirmed = true;
+            }
+        }
+    }
+
+    /// The broker lost every subscription: redo them all.
+    pub fn resync(&self) {
+        let mut state = lock(&self.shared.state);
+        for c in state.channels.values_mut() {
+            c.confirmed = false;
+        }
+        state.pending.resync = true;
+        drop(state);
+        self.shared.dirty.notify_one();
+    }
+
+    /// Starts draining: no new connections; every open one is told to close.
+    pub fn drain(&self) {
+        let mut state = lock(&self.shared.state);
+        state.draining = true;
+        let outboxes: Vec<Arc<Outbox>> = state.connections.values().cloned().collect();
+        drop(state);
+        for outbox in outboxes {
+            outbox.close(CloseReason::Shutdown);
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        lock(&self.shared.state).draining
+    }
+
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.state).connections.len()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let state = lock(&self.shared.state);
+        Snapshot {
+            connections: state.connections.len(),
+            users: state.users,
+            subscriptions: state.channels.len(),
+            uptime_secs: self.shared.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Waits until every connection is gone, at most `limit`.
+    pub async fn wait_empty(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(max_per_user: usize) -> Hub {
+        Hub::new(
+            ChannelNames::from_config(&RedisConfig::default()),
+            max_per_user,
+        )
+    }
+
+    fn who(user: &str, roles: &[&str]) -> Identity {
+        Identity {
+            user_id: user.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            exp: None,
+        }
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(8))
+    }
+
+    #[test]
+    fn membership_is_reference_counted() {
+        let hub = hub(16);
+        hub.take_pending();
+        let a = hub.register(&who("42", &["ops"]), outbox()).unwrap();
+        let b = hub.register(&who("42", &[]), outbox()).unwrap();
+        assert!(hub.wants("ws:user:42") && hub.wants("ws:role:ops"));
+        let pending = hub.take_pending();
+        assert_eq!(pending.dirty.len(), 2);
+        drop(a);
+        assert!(hub.wants("ws:user:42"));
+        assert!(!hub.wants("ws:role:ops"));
+        drop(b);
+        assert!(!hub.wants("ws:user:42"));
+        assert_eq!(hub.snapshot().users, 0);
+        assert!(hub.take_pending().dirty.contains("ws:user:42"));
+    }
+
+    #[test]
+    fn per_user_limit() {
+        let hub = hub(2);
+        let _a = hub.register(&who("1", &[]), outbox()).unwrap();
+        let _b = hub.register(&who("1", &[]), outbox()).unwrap();
+        assert_eq!(
+            hub.register(&who("1", &[]), outbox()).err(),
+            Some(Refused::TooManyConnections)
+        );
+        assert!(hub.register(&who("2", &[]), outbox()).is_ok());
+    }
+
+    #[test]
+    fn dispatch_routes_and_shares_bytes() {
+        let hub = hub(16);
+        let (u42, u43, ops) = (outbox(), outbox(), outbox());
+        let _r1 = hub.register(&who("42", &[]), u42.clone()).unwrap();
+        let _r2 = hub.register(&who("43", &[]), u43.clone()).unwrap();
+        let _r3 = hub.register(&who("44", &["ops"]), ops.clone()).unwrap();
+        hub.dispatch("ws:user:42", Bytes::from_static(br#"{"type":"A"}"#));
+        hub.dispatch("ws:role:ops", Bytes::from_static(br#"{"type":"B"}"#));
+        hub.dispatch("ws:broadcast", Bytes::from_static(br#"{"type":"C"}"#));
+        hub.dispatch("ws:user:42", Bytes::from_static(b"nope"));
+        let drain = |o: &Outbox| {
+            let mut batch = Vec::new();
+            futures_util::FutureExt::now_or_never(o.take(&mut batch));
+            batch.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(drain(&u42), vec![r#"{"type":"A"}"#, r#"{"type":"C"}"#]);
+        assert_eq!(drain(&u43), vec![r#"{"type":"C"}"#]);
+        assert_eq!(drain(&ops), vec![r#"{"type":"B"}"#, r#"{"type":"C"}"#]);
+        assert_eq!(hub.stats().messages_dropped.load(Relaxed), 1);
+    }
+}

@@ -1,0 +1,197 @@
+//! The wire: published messages (SPEC §3), client → server messages (§5),
+//! the frames the gateway itself writes, and close codes (§6).
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Largest published payload the gateway relays (SPEC §3).
+pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024;
+
+/// Close codes of SPEC §6.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INVALID_TOKEN: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+}
+
+pub fn close_code(code: u16) -> CloseCode {
+    CloseCode::from(code)
+}
+
+/// The fields of a published message the gateway reads. Everything else is
+/// forwarded as published, byte for byte.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub ts: Option<Value>,
+}
+
+/// Why a published payload was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    TooLarge,
+    NotJsonObjectWithType,
+}
+
+impl Invalid {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::TooLarge => "too_large",
+            Invalid::NotJsonObjectWithType => "invalid_payload",
+        }
+    }
+}
+
+/// A published message that passed validation: its original bytes, ready to
+/// be written as a text frame. Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub text: Utf8Bytes,
+}
+
+/// Validates a published payload: at most 1 MiB, a JSON object with a string
+/// `type`. This is the one parse a message gets on this instance.
+pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
+    if payload.len() > MAX_PUBLISHED_BYTES {
+        return Err(Invalid::TooLarge);
+    }
+    // A struct with a required `type` only deserializes from a JSON object
+    // (serde_json also accepts arrays for structs, hence the first byte check).
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') || serde_json::from_slice::<Envelope>(&payload).is_err() {
+        return Err(Invalid::NotJsonObjectWithType);
+    }
+    let text = Utf8Bytes::try_from(payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
+    Ok(Published { text })
+}
+
+/// A message from the client (SPEC §5).
+#[derive(Debug, PartialEq)]
+pub enum ClientMessage {
+    Ping { ts: Option<Value> },
+    Unknown(String),
+}
+
+/// Why a client message was refused, as an ERROR code.
+#[derive(Debug, PartialEq)]
+pub struct ClientError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub fn parse_client(text: &str) -> Result<ClientMessage, ClientError> {
+    let bad = |message: &str| ClientError {
+        code: "bad_request",
+        message: message.into(),
+    };
+    let value: Value = serde_json::from_str(text).map_err(|_| bad("message is not valid JSON"))?;
+    let Some(kind) = value.get("type").and_then(Value::as_str) else {
+        return Err(bad("message must be a JSON object with a string \"type\""));
+    };
+    match kind {
+        "PING" => Ok(ClientMessage::Ping {
+            ts: value.get("ts").cloned(),
+        }),
+        other => Ok(ClientMessage::Unknown(other.to_string())),
+    }
+}
+
+/// Frames the gateway itself sends.
+pub fn connected(
+    connection_id: &str,
+    user_id: &str,
+    instance: &str,
+    heartbeat_secs: u64,
+) -> Utf8Bytes {
+    frame(json!({
+        "type": "CONNECTED",
+        "data": {
+            "connection_id": connection_id,
+            "user_id": user_id,
+            "instance": instance,
+            "heartbeat_secs": heartbeat_secs,
+            "recovered": null,
+            "replayed": 0,
+        }
+    }))
+}
+
+pub fn pong(ts: Option<Value>) -> Utf8Bytes {
+    let data = match ts {
+        Some(ts) => json!({ "ts": ts }),
+        None => json!({}),
+    };
+    frame(json!({ "type": "PONG", "data": data }))
+}
+
+pub fn error(code: &str, message: &str) -> Utf8Bytes {
+    frame(json!({ "type": "ERROR", "data": { "code": code, "message": message } }))
+}
+
+fn frame(value: Value) -> Utf8Bytes {
+    value.to_string().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_validation() {
+        let ok = |s: &str| validate_published(Bytes::from(s.to_string())).is_ok();
+        assert!(ok(r#"{"type":"BUDGET_ALERT","data":{"x":1}}"#));
+        assert!(ok(r#"  {"id":"1","type":"X","ts":5}"#));
+        assert!(!ok(r#"{"type":5}"#));
+        assert!(!ok(r#"{}"#));
+        assert!(!ok(r#"["type"]"#));
+        assert!(!ok("not json"));
+        assert!(!ok(r#"{"type":"X"} trailing"#));
+        let big = format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(MAX_PUBLISHED_BYTES)
+        );
+        assert_eq!(
+            validate_published(Bytes::from(big)).unwrap_err(),
+            Invalid::TooLarge
+        );
+    }
+
+    #[test]
+    fn published_bytes_are_kept() {
+        let raw = r#"{"type":"X",  "data":{"b":2,"a":1}}"#;
+        let p = validate_published(Bytes::from(raw)).unwrap();
+        assert_eq!(p.text.as_str(), raw);
+    }
+
+    #[test]
+    fn client_messages() {
+        assert_eq!(
+            parse_client(r#"{"type":"PING","ts":7}"#),
+            Ok(ClientMessage::Ping { ts: Some(json!(7)) })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"NOPE"}"#),
+            Ok(ClientMessage::Unknown("NOPE".into()))
+        );
+        assert_eq!(parse_client("nope").unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse_client(r#"{"type":1}"#).unwrap_err().code,
+            "bad_request"
+        );
+        assert_eq!(
+            pong(Some(json!(7))).as_str(),
+            r#"{"type":"PONG","data":{"ts":7}}"#
+        );
+    }
+}

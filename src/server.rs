@@ -1,0 +1,149 @@
+//! Start-up and shutdown of `ws-gateway serve`.
+
+use crate::auth::{self, Verifier};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::Broker;
+use crate::config::{Config, Loaded, DEV_LISTEN};
+use crate::http::{self, App};
+use crate::hub::{ChannelNames, Hub};
+use crate::{shutdown, subscriptions};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long start-up waits for Redis before serving anyway (not ready).
+const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(5);
+/// Lifetime of the tokens printed in dev mode.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains.
+pub async fn run(loaded: Loaded) -> Result<(), String> {
+    let mut config = loaded.config;
+    let dev_mode = config.auth.has_no_keys();
+    if dev_mode {
+        config.auth.secret = random_secret();
+        if !loaded.listen_was_set {
+            config.server.listen = DEV_LISTEN.into();
+        }
+        tracing::warn!(
+            "dev mode: no auth key configured (auth.secret, secret_file, public_key_file or jwks_file); \
+             using a generated secret valid for this run only. Do not use dev mode in production."
+        );
+    }
+    let verifier = Verifier::new(&config.auth)?;
+    let instance: Arc<str> = instance_id().into();
+    let hub = Hub::new(
+        ChannelNames::from_config(&config.redis),
+        config.connection.max_connections_per_user,
+    );
+    let broker = start_broker(&config, &hub).await?;
+    tokio::spawn(subscriptions::run(
+        hub.clone(),
+        broker.clone(),
+        vec![config.redis.broadcast_channel.as_str().into()],
+    ));
+
+    let listener = TcpListener::bind(config.listen_addr())
+        .await
+        .map_err(|e| format!("server.listen: cannot bind {}: {e}", config.server.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("server.listen: {e}"))?;
+    tracing::info!(%addr, instance = %instance, broker = broker.kind(), "listening");
+    if dev_mode {
+        print_dev_banner(&config, addr)?;
+    }
+
+    let drain_window = Duration::from_secs(config.server.shutdown_drain_secs);
+    let app = Arc::new(App::new(config, instance, hub.clone(), broker, verifier));
+    let pruner = app.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            pruner.prune_rate_limits();
+        }
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, app, stop_rx));
+
+    shutdown::signal().await;
+    tracing::info!(
+        connections = hub.connection_count(),
+        "shutting down: closing clients with 1001"
+    );
+    hub.drain();
+    let _ = stop_tx.send(true);
+    hub.wait_empty(drain_window).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_broker(config: &Config, hub: &Hub) -> Result<Arc<dyn Broker>, String> {
+    let r = &config.redis;
+    if r.url.is_empty() {
+        tracing::info!(
+            "using the embedded in-memory broker: this instance works alone; \
+             set redis.url (GATEWAY_REDIS_URL) to run several"
+        );
+        return Ok(Arc::new(MemoryBroker::new(
+            hub.clone(),
+            r.history_size,
+            Duration::from_secs(r.history_ttl_secs),
+        )));
+    }
+    let broker = RedisBroker::start(&r.url, hub.clone(), r.history_size, r.history_ttl_secs)?;
+    if let Err(e) = broker.wait_connected(REDIS_STARTUP_WAIT).await {
+        tracing::warn!(error = %e, "Redis is not reachable yet; serving, not ready, and retrying");
+    }
+    Ok(Arc::new(broker))
+}
+
+/// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, so two
+/// processes never share a canary channel.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ws-gateway".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prints what a new user needs to see an event arrive (SPEC §9).
+fn print_dev_banner(config: &Config, addr: std::net::SocketAddr) -> Result<(), String> {
+    let mint = |sub: &str, roles: &[String]| {
+        auth::mint(
+            &config.auth,
+            &auth::Mint {
+                sub,
+                roles,
+                ttl: DEV_TOKEN_TTL,
+            },
+        )
+    };
+    let user = mint("demo", &[])?;
+    let admin = mint("demo-admin", std::slice::from_ref(&config.auth.admin_role))?;
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    println!(
+        "\n\
+         ws-gateway is running in dev mode (tokens valid for 24 h, this run only)\n\
+         \n  user token (sub=demo): {user}\
+         \n  admin token:           {admin}\
+         \n\
+         \n  test console:          http://{host}/socket-test.html#token={user}&admin={admin}&autoconnect\
+         \n  publish a test event:  curl -X POST -H 'Authorization: Bearer {admin}' http://{host}/ws/test-message/demo\n"
+    );
+    Ok(())
+}
