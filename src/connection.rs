@@ -149,6 +149,8 @@ where
         tokio::time::Instant::now() + cfg.ping_interval,
         cfg.ping_interval,
     );
+    // After a long write, send one ping, not a burst of missed ones.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle = tokio::time::sleep(cfg.idle_timeout);
     tokio::pin!(idle);
 
