@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub send_queue: usize,
     pub max_message_bytes: usize,
+    /// Client messages per second (burst twice that); 0 = unlimited.
+    pub client_messages_per_sec: u32,
 }
 
 impl SessionConfig {
@@ -57,6 +59,46 @@ impl SessionConfig {
     }
 }
 
+/// Refused client messages in a row (rate-limited or invalid) after which
+/// the connection is closed with 1008.
+const MAX_STRIKES: u32 = 10;
+
+/// A token bucket for the client's own messages: `rate` per second, bursts
+/// of twice that. Two numbers per connection; no shared state.
+struct ClientBudget {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl ClientBudget {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            tokens: 2.0 * rate,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one message from the budget; false when it is spent.
+    fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Why a session ended, for the close log line.
 #[derive(Debug, Clone, Copy)]
 enum End {
@@ -68,6 +110,7 @@ enum End {
     MessageTooBig,
     BinaryFrame,
     ProtocolError,
+    Abuse,
 }
 
 /// Runs one client connection to its end.
@@ -153,6 +196,8 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle = tokio::time::sleep(cfg.idle_timeout);
     tokio::pin!(idle);
+    let mut budget = ClientBudget::new(cfg.client_messages_per_sec);
+    let mut strikes = 0;
 
     loop {
         tokio::select! {
@@ -181,7 +226,16 @@ where
                 idle.as_mut().reset(tokio::time::Instant::now() + cfg.idle_timeout);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        if ws.send(Message::Text(answer(&text))).await.is_err() {
+                        let (reply, accepted) = if budget.take() {
+                            answer(&text)
+                        } else {
+                            (protocol::error("rate_limited", "too many messages; slow down"), false)
+                        };
+                        strikes = if accepted { 0 } else { strikes + 1 };
+                        if strikes >= MAX_STRIKES {
+                            return close_with(ws, close::POLICY_VIOLATION, "too many refused messages", End::Abuse).await;
+                        }
+                        if ws.send(Message::Text(reply)).await.is_err() {
                             return End::ClientGone;
                         }
                     }
@@ -230,15 +284,17 @@ where
     ws.flush().await
 }
 
-/// The answer to a client's text message (SPEC §5).
-fn answer(text: &str) -> Utf8Bytes {
+/// The answer to a client's text message (SPEC §5), and whether the
+/// message was valid.
+fn answer(text: &str) -> (Utf8Bytes, bool) {
     match protocol::parse_client(text) {
-        Ok(ClientMessage::Ping { ts }) => protocol::pong(ts),
+        Ok(ClientMessage::Ping { ts }) => (protocol::pong(ts), true),
         Ok(ClientMessage::Unknown(kind)) => {
             let shown: String = kind.chars().take(64).collect();
-            protocol::error("unknown_type", &format!("unknown message type {shown:?}"))
+            let message = format!("unknown message type {shown:?}");
+            (protocol::error("unknown_type", &message), false)
         }
-        Err(e) => protocol::error(e.code, &e.message),
+        Err(e) => (protocol::error(e.code, &e.message), false),
     }
 }
 
@@ -274,4 +330,24 @@ where
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn client_budget_allows_bursts_then_the_rate() {
+        let mut budget = ClientBudget::new(5);
+        assert_eq!(
+            (0..10).filter(|_| budget.take()).count(),
+            10,
+            "burst = 2x rate"
+        );
+        assert!(!budget.take());
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!((0..10).filter(|_| budget.take()).count(), 2);
+        let mut unlimited = ClientBudget::new(0);
+        assert!((0..1000).all(|_| unlimited.take()));
+    }
 }

@@ -366,14 +366,25 @@ impl Hub {
         self.shared.dirty.notify_one();
     }
 
-    /// Starts draining: no new connections; every open one is told to close.
-    pub fn drain(&self) {
-        let mut state = lock(&self.shared.state);
-        state.draining = true;
-        let outboxes: Vec<Arc<Outbox>> = state.connections.values().cloned().collect();
-        drop(state);
-        for outbox in outboxes {
-            outbox.close(CloseReason::Shutdown);
+    /// Drains: refuses new connections, then tells every open one to close
+    /// (1001), spread evenly over `window` so that their reconnects do not
+    /// hit the other instances all at once.
+    pub async fn drain(&self, window: Duration) {
+        const STEP: Duration = Duration::from_millis(100);
+        let outboxes: Vec<Arc<Outbox>> = {
+            let mut state = lock(&self.shared.state);
+            state.draining = true;
+            state.connections.values().cloned().collect()
+        };
+        let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
+        let per_step = outboxes.len().div_ceil(steps).max(1);
+        for (i, chunk) in outboxes.chunks(per_step).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(STEP).await;
+            }
+            for outbox in chunk {
+                outbox.close(CloseReason::Shutdown);
+            }
         }
     }
 

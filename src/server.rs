@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 /// How long start-up waits for Redis before serving anyway (not ready).
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(5);
+/// How long the last closing handshakes may take after the drain window.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Lifetime of the tokens printed in dev mode.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -72,11 +74,14 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     shutdown::signal().await;
     tracing::info!(
         connections = hub.connection_count(),
+        drain_secs = drain_window.as_secs(),
         "shutting down: closing clients with 1001"
     );
-    hub.drain();
+    // Keep answering HTTP while draining: /readyz says 503 and new
+    // WebSockets get 503 draining, as load balancers expect.
+    hub.drain(drain_window).await;
+    hub.wait_empty(CLOSE_WAIT).await;
     let _ = stop_tx.send(true);
-    hub.wait_empty(drain_window).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     tracing::info!("stopped");
     Ok(())

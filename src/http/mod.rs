@@ -57,6 +57,7 @@ impl App {
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             send_queue: c.send_queue,
             max_message_bytes: config.server.max_message_bytes,
+            client_messages_per_sec: c.client_messages_per_sec,
         });
         let connect_limiter = NonZeroU32::new(c.connect_rate_per_ip).map(|rate| {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));

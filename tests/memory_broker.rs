@@ -1,0 +1,85 @@
+//! The embedded in-memory broker and dev mode (SPEC §9).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_delivers() {
+    let gw = gateway().start().await;
+    let h = gw.health().await;
+    assert_eq!(h["broker"], "memory", "{h}");
+    assert_eq!(h["broker_up"], true, "{h}");
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(gw.get("/readyz").await.status, 200, "/readyz");
+
+    let mut a1 = gw.user("42", &[]).await;
+    let mut a2 = gw.user("42", &[]).await;
+    let mut b = gw.user("43", &[]).await;
+    let admin = admin_token();
+
+    let msg = json!({"type": "NEW_TRANSACTION", "data": {"amount": -9.99}});
+    let r = gw
+        .post_bearer("/ws/test-message/42", &admin, msg.to_string().as_bytes())
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["channel"], "ws:user:42");
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    for c in [&mut a1, &mut a2] {
+        let v = c.next_json().await;
+        assert_eq!(v["type"], "NEW_TRANSACTION", "{v}");
+        assert_eq!(v["id"], id.as_str(), "{v}");
+        assert_eq!(v["data"], msg["data"], "{v}");
+    }
+
+    let bc = json!({"type": "SYSTEM_ALERT", "data": {"text": "all"}});
+    let r = gw
+        .post_bearer("/ws/broadcast", &admin, bc.to_string().as_bytes())
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // User 43 got nothing before the broadcast.
+    for c in [&mut a1, &mut a2, &mut b] {
+        let v = c.next_json().await;
+        assert_eq!(v["type"], "SYSTEM_ALERT", "{v}");
+        assert_eq!(v["data"], bc["data"], "{v}");
+    }
+}
+
+/// The JWT printed on the first line containing `needle` (its last word).
+fn token_from_logs(logs: &[String], needle: &str) -> Option<String> {
+    let line = logs.iter().find(|l| l.contains(needle))?;
+    let word = line.split_whitespace().last()?;
+    let word = word.trim_matches(|c| c == '"' || c == '\'');
+    (word.split('.').count() == 3).then(|| word.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_working_tokens() {
+    let gw = gateway().no_secret().start().await;
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        let logs = gw.logs();
+        token_from_logs(&logs, "user token").is_some()
+            && token_from_logs(&logs, "admin token").is_some()
+            && logs.iter().any(|l| l.contains("socket-test.html"))
+    })
+    .await;
+    let logs = gw.logs();
+    assert!(
+        ok,
+        "dev mode should print `user token <JWT>`, `admin token <JWT>` and the console URL; output:\n{}",
+        logs.join("\n")
+    );
+    let user = token_from_logs(&logs, "user token").unwrap();
+    let admin = token_from_logs(&logs, "admin token").unwrap();
+
+    let (mut c, _) = gw.connect_user(&user, "demo").await;
+    let r = gw.post_bearer("/ws/test-message/demo", &admin, b"").await;
+    assert_eq!(r.status, 202, "admin token from dev mode: {}", r.text());
+    let v = c.next_json().await;
+    assert_eq!(v["type"], "NOTIFICATION", "{v}");
+    assert_eq!(v["id"], r.json()["id"], "{v}");
+
+    // The user token is not an admin token.
+    gw.get_bearer("/ws/stats", &user).await.assert_status(403);
+}
