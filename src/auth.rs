@@ -410,4 +410,132 @@ mod tests {
         assert_eq!(v.admin(Some(&token(&a, "1", &["admin"]))), Admin::Allowed);
         assert_eq!(v.admin(Some(&token(&a, "1", &["ops"]))), Admin::Forbidden);
     }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Signs `sub` = 42 with a private key fixture.
+    fn signed(alg: Algorithm, private: &str, kid: Option<&str>, extra: &[(&str, Value)]) -> String {
+        let pem = std::fs::read(fixture(private)).unwrap();
+        let key = match alg.family() {
+            AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem),
+            AlgorithmFamily::Ec => EncodingKey::from_ec_pem(&pem),
+            AlgorithmFamily::Ed => EncodingKey::from_ed_pem(&pem),
+            AlgorithmFamily::Hmac => unreachable!(),
+        }
+        .unwrap();
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "42".into());
+        claims.insert("exp".into(), Value::from(unix_now() + 60));
+        for (k, v) in extra {
+            claims.insert(k.to_string(), v.clone());
+        }
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn public_key_auth(file: &str, algs: &[&str]) -> AuthConfig {
+        AuthConfig {
+            public_key_file: fixture(file),
+            algorithms: algs.iter().map(|a| a.to_string()).collect(),
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn public_key_algorithms() {
+        for (alg, public, private) in [
+            (Algorithm::RS256, "rsa_public.pem", "rsa_private.pem"),
+            (Algorithm::PS256, "rsa_public.pem", "rsa_private.pem"),
+            (Algorithm::ES256, "ec_public.pem", "ec_private.pem"),
+            (Algorithm::EdDSA, "ed_public.pem", "ed_private.pem"),
+        ] {
+            let name = format!("{alg:?}");
+            let v = Verifier::new(&public_key_auth(public, &[&name])).unwrap();
+            let id = v.verify(&signed(alg, private, None, &[])).unwrap();
+            assert_eq!(id.user_id, "42", "{name}");
+        }
+    }
+
+    #[test]
+    fn algorithm_must_be_configured() {
+        // A valid RS256 token is refused when only ES256 is accepted, and an
+        // HS256 token cannot use the public key as an HMAC secret.
+        let v = Verifier::new(&public_key_auth("ec_public.pem", &["ES256"])).unwrap();
+        let rs = signed(Algorithm::RS256, "rsa_private.pem", None, &[]);
+        assert_eq!(v.verify(&rs).unwrap_err().code(), "invalid_token");
+        let pem = std::fs::read_to_string(fixture("ec_public.pem")).unwrap();
+        let hs = token(&auth(&pem), "42", &[]);
+        assert_eq!(v.verify(&hs).unwrap_err().code(), "invalid_token");
+    }
+
+    #[test]
+    fn jwks_chooses_the_key_by_kid() {
+        let a = AuthConfig {
+            jwks_file: fixture("jwks.json"),
+            algorithms: vec!["RS256".into()],
+            ..AuthConfig::default()
+        };
+        let v = Verifier::new(&a).unwrap();
+        let good = signed(
+            Algorithm::RS256,
+            "rsa_private.pem",
+            Some("finance-2026"),
+            &[],
+        );
+        assert_eq!(v.verify(&good).unwrap().user_id, "42");
+        let unknown = signed(Algorithm::RS256, "rsa_private.pem", Some("other"), &[]);
+        assert_eq!(v.verify(&unknown).unwrap_err().code(), "invalid_token");
+    }
+
+    #[test]
+    fn audience_and_leeway() {
+        let mut a = public_key_auth("rsa_public.pem", &["RS256"]);
+        a.audience = "finance-app".into();
+        let v = Verifier::new(&a).unwrap();
+        let right = signed(
+            Algorithm::RS256,
+            "rsa_private.pem",
+            None,
+            &[("aud", "finance-app".into())],
+        );
+        assert!(v.verify(&right).is_ok());
+        let wrong = signed(
+            Algorithm::RS256,
+            "rsa_private.pem",
+            None,
+            &[("aud", "other".into())],
+        );
+        assert_eq!(v.verify(&wrong).unwrap_err().code(), "invalid_token");
+        let none = signed(Algorithm::RS256, "rsa_private.pem", None, &[]);
+        assert_eq!(v.verify(&none).unwrap_err().code(), "invalid_token");
+
+        // Expired 10 s ago: accepted within a 30 s leeway, refused without.
+        let expired = [("exp", Value::from(unix_now() - 10))];
+        let token = signed(Algorithm::RS256, "rsa_private.pem", None, &expired);
+        let mut lenient = public_key_auth("rsa_public.pem", &["RS256"]);
+        lenient.leeway_secs = 30;
+        assert!(Verifier::new(&lenient).unwrap().verify(&token).is_ok());
+        lenient.leeway_secs = 0;
+        assert_eq!(
+            Verifier::new(&lenient).unwrap().verify(&token),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn key_errors_name_the_key() {
+        let missing = public_key_auth("nope.pem", &["RS256"]);
+        assert!(Verifier::new(&missing)
+            .err()
+            .unwrap()
+            .contains("auth.public_key_file"));
+        let hs_without_secret = public_key_auth("rsa_public.pem", &["HS256"]);
+        assert!(Verifier::new(&hs_without_secret)
+            .err()
+            .unwrap()
+            .contains("auth.algorithms"));
+    }
 }

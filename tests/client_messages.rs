@@ -123,3 +123,46 @@ async fn responsive_client_is_not_closed_for_idleness() {
     assert!(pings >= 2, "expected >= 2 pings in 4 s, got {pings}");
     c.ping_pong(7).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_message_rate_is_limited() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_CLIENT_MESSAGES_PER_SEC", "1")
+        .start()
+        .await;
+    let mut c = gw.user("42", &[]).await;
+    // The burst is twice the rate: two PINGs pass, the third is refused
+    // (sent back to back, far faster than one per second refills).
+    c.ping_pong(1).await;
+    c.ping_pong(2).await;
+    c.send_text(r#"{"type":"PING","ts":3}"#).await;
+    c.expect_error("rate_limited").await;
+    // A refusal is not a disconnect: published messages still arrive.
+    let r = gw
+        .post_bearer("/ws/test-message/42", &admin_token(), b"")
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = c.next_json().await;
+    assert_eq!(v["type"], "NOTIFICATION", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_bad_messages_close_with_1008() {
+    let gw = gateway().start().await;
+    let mut c = gw.user("42", &[]).await;
+    // Nine refused messages in a row are answered...
+    for _ in 0..9 {
+        c.send_text("not json").await;
+        c.expect_error("bad_request").await;
+    }
+    // ...a good one resets the count...
+    c.ping_pong(1).await;
+    for _ in 0..9 {
+        c.send_text(r#"{"type":"NOPE"}"#).await;
+        c.expect_error("unknown_type").await;
+    }
+    // ...and the tenth in a row closes the connection with 1008.
+    c.send_text("not json").await;
+    c.expect_close(1008).await;
+    gw.wait_connections(0).await;
+}

@@ -111,3 +111,27 @@ async fn clients_survive_a_redis_outage() {
         "broker_reconnects: {stats}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_instance_refuses_new_connections_and_is_not_ready() {
+    let gw = gateway()
+        .env("GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "1")
+        .start()
+        .await;
+    // A client that does not read keeps its closing handshake (and so the
+    // drain) open for a while: long enough to look at the draining instance.
+    let _silent = gw.user("42", &[]).await;
+    gw.sigterm();
+    let drained = wait_until(WAIT_TIMEOUT, || async {
+        matches!(gw.try_get("/readyz").await, Some(r) if r.status == 503)
+    })
+    .await;
+    assert!(drained, "/readyz should turn 503 once SIGTERM arrives");
+    let refusal = expect_refusal(gw.connect_raw(&ConnectOpts::token(&token("43", &[]))).await);
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+    assert_eq!(refusal.json()["error"], "draining", "{refusal:?}");
+    assert!(
+        refusal.header("retry-after").is_some(),
+        "503 draining needs Retry-After"
+    );
+}

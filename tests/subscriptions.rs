@@ -114,3 +114,28 @@ async fn churn_leaves_no_stale_subscription() {
     redis.publish("ws:user:8", msg).await;
     assert_eq!(steady.next_text().await, msg, "long-lived user 8");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connections_do_not_grow_with_clients() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let count_clients = || {
+        // Every client connection Redis has, minus redis-cli's own.
+        redis.cli(&["CLIENT", "LIST"]).lines().count() - 1
+    };
+    let before = count_clients();
+    assert!(
+        before <= 2,
+        "an idle instance uses {before} Redis connections"
+    );
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        clients.push(gw.user(&format!("u{i}"), &["ops"]).await);
+    }
+    redis.wait_numsub("ws:user:u39", 1).await;
+    let after = count_clients();
+    assert_eq!(
+        after, before,
+        "40 clients of 40 users must not add Redis connections"
+    );
+}

@@ -27,57 +27,49 @@ const BEARER_PROTOCOL: &str = "bearer.";
 pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
     let ip = peer.ip();
     let Some(key) = upgrade_key(req.headers()) else {
-        return refuse(
-            ip,
-            reply::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "not a WebSocket upgrade request",
-            ),
-        );
+        let message = "not a WebSocket upgrade request";
+        return refuse(ip, StatusCode::BAD_REQUEST, "bad_request", message, None);
     };
     if !origin_allowed(req.headers(), &app.config.server.allowed_origins) {
+        let message = "this page's origin may not connect; see server.allowed_origins";
         return refuse(
             ip,
-            reply::error(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                "this page's origin may not connect; see server.allowed_origins",
-            ),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            message,
+            None,
         );
     }
     if app.hub.is_draining() {
+        let message = "this instance is shutting down; reconnect to another";
         return refuse(
             ip,
-            reply::retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "this instance is shutting down; reconnect to another",
-                1,
-            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            message,
+            Some(1),
         );
     }
     let max = app.config.server.max_connections;
     if max > 0 && app.open_sockets.load(Relaxed) >= max {
+        let message = "this instance is at max_connections";
         return refuse(
             ip,
-            reply::retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "over_capacity",
-                "this instance is at max_connections",
-                5,
-            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            message,
+            Some(5),
         );
     }
     if let Err(wait) = app.check_connect_rate(ip) {
+        let message = "too many new connections from this address";
+        let secs = wait.as_secs_f64().ceil() as u64;
         return refuse(
             ip,
-            reply::retry_later(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many new connections from this address",
-                wait.as_secs_f64().ceil() as u64,
-            ),
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            message,
+            Some(secs),
         );
     }
 
@@ -145,9 +137,19 @@ impl Drop for OpenSocket<'_> {
     }
 }
 
-fn refuse(ip: std::net::IpAddr, response: Response<reply::Body>) -> Response<reply::Body> {
-    tracing::info!(status = response.status().as_u16(), %ip, "handshake refused");
-    response
+/// A refusal before the upgrade: logged (reason, IP), answered in JSON.
+fn refuse(
+    ip: std::net::IpAddr,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after_secs: Option<u64>,
+) -> Response<reply::Body> {
+    tracing::info!(reason = code, status = status.as_u16(), %ip, "handshake refused");
+    match retry_after_secs {
+        Some(secs) => reply::retry_later(status, code, message, secs),
+        None => reply::error(status, code, message),
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request, if it is one.

@@ -892,7 +892,7 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
     }
 
-    async fn try_get(&self, path: &str) -> Option<HttpResponse> {
+    pub async fn try_get(&self, path: &str) -> Option<HttpResponse> {
         http_request(self.addr, "GET", path, &[], None).await.ok()
     }
 
