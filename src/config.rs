@@ -349,6 +349,16 @@ fn parse_env_value(default: &Value, raw: &str) -> Result<Value, String> {
     }
 }
 
+/// URL schemes of `redis.url` (fred's): plain, TLS, cluster and sentinel.
+const REDIS_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+];
+
 /// Semantic checks that types alone cannot express.
 fn validate(c: &Config) -> Result<(), ConfigError> {
     parse_addr("server.listen", &c.server.listen)?;
@@ -395,6 +405,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     if !c.redis.url.is_empty() {
+        let scheme = c.redis.url.split("://").next().unwrap_or_default();
+        if !REDIS_SCHEMES.contains(&scheme) {
+            return err(format!(
+                "redis.url: scheme must be one of {}",
+                REDIS_SCHEMES.join(", ")
+            ));
+        }
         fred::types::config::Config::from_url(&c.redis.url)
             .map_err(|e| ConfigError(format!("redis.url: {}", e.details())))?;
     }
@@ -519,6 +536,8 @@ mod tests {
         let e =
             from_sources("[auth]\nalgorithms = [\"none\"]\n", &Overrides::default()).unwrap_err();
         assert!(e.0.contains("auth.algorithms"), "{e}");
+        let e = from_sources("", &env(&[("GATEWAY_REDIS_URL", "http://x")])).unwrap_err();
+        assert!(e.0.contains("redis.url"), "{e}");
         let e = from_sources("", &env(&[("GATEWAY_CONNECTION_SEND_QUEUE", "0")])).unwrap_err();
         assert!(e.0.contains("connection.send_queue"), "{e}");
     }

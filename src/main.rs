@@ -184,6 +184,16 @@ fn check_config(config: ConfigArg) -> ExitCode {
                     f.display().to_string()
                 });
             println!("# effective configuration (from {from}); secrets redacted");
+            if loaded.config.auth.has_no_keys() {
+                println!(
+                    "# dev mode: no auth key material; `serve` generates a secret{}",
+                    if loaded.listen_was_set {
+                        ""
+                    } else {
+                        " and listens on 127.0.0.1:8080"
+                    }
+                );
+            }
             print!("{}", loaded.config.redacted_toml());
             ExitCode::SUCCESS
         }
