@@ -9,9 +9,11 @@
 //! as soon as its queue overflows, not whenever its socket unblocks.
 
 use crate::auth::{AuthError, Identity};
+use crate::broker::Broker;
+use crate::history::{self, Dedupe, Replay, DEDUPE_WINDOW};
 use crate::hub::{Hub, Refused};
 use crate::outbox::{CloseReason, Outbox};
-use crate::protocol::{self, close, ClientMessage};
+use crate::protocol::{self, close, ClientMessage, Published};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,9 +33,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// it is told CONNECTED anyway (the broker may be reconnecting).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-/// Per-connection settings, shared by every session of the instance.
-pub struct SessionConfig {
+/// What every session of the instance shares: the hub, the broker (for
+/// history reads), and the per-connection settings.
+pub struct Sessions {
+    pub hub: Hub,
+    pub broker: Arc<dyn Broker>,
     pub instance: Arc<str>,
+    pub history_key_prefix: String,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub send_queue: usize,
@@ -42,7 +48,7 @@ pub struct SessionConfig {
     pub client_messages_per_sec: u32,
 }
 
-impl SessionConfig {
+impl Sessions {
     /// tungstenite's buffers, sized for many mostly idle connections: its
     /// defaults (128 KiB read buffer allocated up front, unbounded write
     /// buffer) would cost gigabytes at 10k clients.
@@ -113,12 +119,13 @@ enum End {
     Abuse,
 }
 
-/// Runs one client connection to its end.
+/// Runs one client connection to its end. `since` is the last message id
+/// the client saw, for a resume.
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     auth: Result<Identity, AuthError>,
-    hub: Hub,
-    cfg: Arc<SessionConfig>,
+    since: Option<String>,
+    sessions: Arc<Sessions>,
     ip: IpAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -131,7 +138,8 @@ pub async fn run<S>(
             return;
         }
     };
-    let outbox = Arc::new(Outbox::new(cfg.send_queue));
+    let hub = &sessions.hub;
+    let outbox = Arc::new(Outbox::new(sessions.send_queue));
     let mut registration = match hub.register(&who, outbox.clone()) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
@@ -147,23 +155,45 @@ pub async fn run<S>(
             return;
         }
     };
+    // Subscribed before the history is read: see `history`.
     if let Some(ready) = registration.ready.take() {
         if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
             tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
         }
     }
+    let replay = match &since {
+        Some(since) => Some(sessions.replay(&who.user_id, since).await),
+        None => None,
+    };
     let connection_id = registration.id.to_string();
     let started = Instant::now();
-    tracing::info!(user = %who.user_id, connection = %connection_id, %ip, "connection opened");
+    tracing::info!(
+        user = %who.user_id,
+        connection = %connection_id,
+        %ip,
+        recovered = replay.as_ref().map(|r| r.recovered),
+        "connection opened"
+    );
 
     let hello = protocol::connected(
         &connection_id,
         &who.user_id,
-        &cfg.instance,
-        cfg.ping_interval.as_secs(),
+        &sessions.instance,
+        sessions.ping_interval.as_secs(),
+        replay.as_ref().map(|r| r.recovered),
+        replay.as_ref().map_or(0, |r| r.messages.len()),
     );
-    let end = match ws.send(Message::Text(hello)).await {
-        Ok(()) => serve(&mut ws, &outbox, &hub, &cfg).await,
+    let mut dedupe = None;
+    let mut opened = ws.send(Message::Text(hello)).await;
+    if let (Ok(()), Some(mut replay)) = (&opened, replay) {
+        dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
+        hub.stats()
+            .replayed_messages
+            .fetch_add(replay.messages.len() as u64, Relaxed);
+        opened = write_batch(&mut ws, &mut replay.messages).await;
+    }
+    let end = match opened {
+        Ok(()) => serve(&mut ws, &outbox, &sessions, dedupe).await,
         Err(_) => End::ClientGone,
     };
     drop(registration);
@@ -176,18 +206,36 @@ pub async fn run<S>(
     );
 }
 
+impl Sessions {
+    /// What to replay to `user_id` after `since`. A failed history read is
+    /// reported as not recovered: the client re-fetches its state.
+    async fn replay(&self, user_id: &str, since: &str) -> Replay {
+        let key = format!("{}{user_id}", self.history_key_prefix);
+        match self.broker.history(&key).await {
+            Ok(entries) => history::after(&history::parse(entries), since),
+            Err(e) => {
+                tracing::warn!(error = %e, user = %user_id, "history read failed; not recovered");
+                Replay {
+                    recovered: false,
+                    messages: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
 /// The session loop: relays queued messages, answers the client, keeps the
 /// heartbeat. Returns why it ended, after the close handshake.
 async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &Outbox,
-    hub: &Hub,
-    cfg: &SessionConfig,
+    cfg: &Sessions,
+    mut dedupe: Option<Dedupe>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let mut batch: Vec<Arc<Published>> = Vec::new();
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.ping_interval,
         cfg.ping_interval,
@@ -205,6 +253,7 @@ where
                 if closing == Some(CloseReason::SlowConsumer) {
                     return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer).await;
                 }
+                history::drop_duplicates(&mut dedupe, &mut batch);
                 let written = batch.len() as u64;
                 let result = tokio::select! {
                     result = write_batch(ws, &mut batch) => Some(result),
@@ -212,7 +261,7 @@ where
                 };
                 match result {
                     Some(Ok(())) => {
-                        hub.stats().messages_delivered.fetch_add(written, Relaxed);
+                        cfg.hub.stats().messages_delivered.fetch_add(written, Relaxed);
                     }
                     Some(Err(_)) => return End::ClientGone,
                     // Closed mid-write: loop to take the close reason.
@@ -273,13 +322,13 @@ where
 /// Writes every queued message, then flushes once.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Utf8Bytes>,
+    batch: &mut Vec<Arc<Published>>,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for message in batch.drain(..) {
-        ws.feed(Message::Text(message)).await?;
+        ws.feed(Message::Text(message.text.clone())).await?;
     }
     ws.flush().await
 }

@@ -20,7 +20,7 @@
 use crate::auth::Identity;
 use crate::config::RedisConfig;
 use crate::outbox::{lock, CloseReason, Outbox, Push};
-use crate::protocol::{validate_published, Published};
+use crate::protocol::validate_published;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -112,6 +112,7 @@ pub struct Stats {
     pub connections_opened: AtomicU64,
     pub broker_reconnects: AtomicU64,
     pub broker_lagged: AtomicU64,
+    pub replayed_messages: AtomicU64,
     /// True while the broker holds this instance's fixed subscriptions
     /// (broadcast): a condition of readiness.
     pub base_subscribed: AtomicBool,
@@ -271,7 +272,7 @@ impl Hub {
         let stats = &self.shared.stats;
         stats.messages_received.fetch_add(1, Relaxed);
         let message = match validate_published(payload) {
-            Ok(Published { text }) => text,
+            Ok(published) => Arc::new(published),
             Err(invalid) => {
                 stats.messages_dropped.fetch_add(1, Relaxed);
                 self.log_drop(channel, invalid.as_str());
@@ -482,7 +483,7 @@ mod tests {
         let drain = |o: &Outbox| {
             let mut batch = Vec::new();
             futures_util::FutureExt::now_or_never(o.take(&mut batch));
-            batch.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+            batch.iter().map(|m| m.text.to_string()).collect::<Vec<_>>()
         };
         assert_eq!(drain(&u42), vec![r#"{"type":"A"}"#, r#"{"type":"C"}"#]);
         assert_eq!(drain(&u43), vec![r#"{"type":"C"}"#]);

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod outbox;

@@ -9,10 +9,11 @@
 //! instructions with no await inside, so a blocking lock is cheaper than an
 //! async one, and it is never held across a socket write.
 
+use crate::protocol::Published;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why the server closes a connection from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub struct Outbox {
 }
 
 struct State {
-    queue: VecDeque<Utf8Bytes>,
+    queue: VecDeque<Arc<Published>>,
     capacity: usize,
     closed: Option<CloseReason>,
 }
@@ -59,7 +60,7 @@ impl Outbox {
     }
 
     /// Queues a message without waiting.
-    pub fn push(&self, message: Utf8Bytes) -> Push {
+    pub fn push(&self, message: Arc<Published>) -> Push {
         let mut state = lock(&self.state);
         if state.closed.is_some() {
             return Push::Closed;
@@ -97,7 +98,7 @@ impl Outbox {
 
     /// Waits until there is something to do, then moves every queued message
     /// into `batch`. Returns the close reason once the outbox is closed.
-    pub async fn take(&self, batch: &mut Vec<Utf8Bytes>) -> Option<CloseReason> {
+    pub async fn take(&self, batch: &mut Vec<Arc<Published>>) -> Option<CloseReason> {
         loop {
             {
                 let mut state = lock(&self.state);
@@ -133,13 +134,25 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn msg(text: &'static str) -> Arc<Published> {
+        Arc::new(Published {
+            text: text.into(),
+            id: None,
+            ts: None,
+        })
+    }
+
+    fn texts(batch: &[Arc<Published>]) -> Vec<&str> {
+        batch.iter().map(|m| m.text.as_str()).collect()
+    }
+
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer() {
         let outbox = Outbox::new(2);
-        assert_eq!(outbox.push("a".into()), Push::Queued);
-        assert_eq!(outbox.push("b".into()), Push::Queued);
-        assert_eq!(outbox.push("c".into()), Push::Overflowed);
-        assert_eq!(outbox.push("d".into()), Push::Closed);
+        assert_eq!(outbox.push(msg("a")), Push::Queued);
+        assert_eq!(outbox.push(msg("b")), Push::Queued);
+        assert_eq!(outbox.push(msg("c")), Push::Overflowed);
+        assert_eq!(outbox.push(msg("d")), Push::Closed);
         let mut batch = Vec::new();
         assert_eq!(
             outbox.take(&mut batch).await,
@@ -152,15 +165,15 @@ mod tests {
     async fn take_returns_everything_in_order() {
         let outbox = Outbox::new(10);
         for m in ["1", "2", "3"] {
-            outbox.push(m.into());
+            outbox.push(msg(m));
         }
         let mut batch = Vec::new();
         assert_eq!(outbox.take(&mut batch).await, None);
-        assert_eq!(batch, vec!["1", "2", "3"]);
-        outbox.push("4".into());
+        assert_eq!(texts(&batch), vec!["1", "2", "3"]);
+        outbox.push(msg("4"));
         outbox.close(CloseReason::Shutdown);
         batch.clear();
         assert_eq!(outbox.take(&mut batch).await, Some(CloseReason::Shutdown));
-        assert_eq!(batch, vec!["4"], "shutdown keeps what was queued");
+        assert_eq!(texts(&batch), vec!["4"], "shutdown keeps what was queued");
     }
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -54,10 +55,15 @@ impl Invalid {
 }
 
 /// A published message that passed validation: its original bytes, ready to
-/// be written as a text frame. Cloning shares the bytes.
-#[derive(Debug, Clone)]
+/// be written as a text frame, and the fields the gateway uses. Fan-out
+/// shares one `Arc<Published>` among all recipients.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Published {
     pub text: Utf8Bytes,
+    /// The message id, for resume and de-duplication.
+    pub id: Option<Arc<str>>,
+    /// Publish time (ms since the epoch), for the latency metric.
+    pub ts: Option<u64>,
 }
 
 /// Validates a published payload: at most 1 MiB, a JSON object with a string
@@ -69,11 +75,15 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
     // A struct with a required `type` only deserializes from a JSON object
     // (serde_json also accepts arrays for structs, hence the first byte check).
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') || serde_json::from_slice::<Envelope>(&payload).is_err() {
+    if first != Some(&b'{') {
         return Err(Invalid::NotJsonObjectWithType);
     }
+    let envelope: Envelope =
+        serde_json::from_slice(&payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
+    let id = envelope.id.map(|id| Arc::from(&*id));
+    let ts = envelope.ts.as_ref().and_then(Value::as_u64);
     let text = Utf8Bytes::try_from(payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
-    Ok(Published { text })
+    Ok(Published { text, id, ts })
 }
 
 /// A message from the client (SPEC §5).
@@ -108,11 +118,14 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ClientError> {
 }
 
 /// Frames the gateway itself sends.
+/// The first frame (SPEC §4). `recovered` is None without `since`.
 pub fn connected(
     connection_id: &str,
     user_id: &str,
     instance: &str,
     heartbeat_secs: u64,
+    recovered: Option<bool>,
+    replayed: usize,
 ) -> Utf8Bytes {
     frame(json!({
         "type": "CONNECTED",
@@ -121,8 +134,8 @@ pub fn connected(
             "user_id": user_id,
             "instance": instance,
             "heartbeat_secs": heartbeat_secs,
-            "recovered": null,
-            "replayed": 0,
+            "recovered": recovered,
+            "replayed": replayed,
         }
     }))
 }
@@ -172,6 +185,9 @@ mod tests {
         let raw = r#"{"type":"X",  "data":{"b":2,"a":1}}"#;
         let p = validate_published(Bytes::from(raw)).unwrap();
         assert_eq!(p.text.as_str(), raw);
+        assert_eq!(p.id, None);
+        let p = validate_published(Bytes::from(r#"{"type":"X","id":"01J","ts":5}"#)).unwrap();
+        assert_eq!((p.id.as_deref(), p.ts), (Some("01J"), Some(5)));
     }
 
     #[test]

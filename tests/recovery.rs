@@ -74,7 +74,6 @@ async fn recovery_scenario(gw: &Gateway) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 4: since replay"]
 async fn since_replays_history_redis() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
@@ -82,14 +81,12 @@ async fn since_replays_history_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 4: since replay"]
 async fn since_replays_history_embedded() {
     let gw = gateway().start().await;
     recovery_scenario(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 4: since replay"]
 async fn history_is_trimmed_to_history_size() {
     let redis = Redis::start();
     let gw = gateway()

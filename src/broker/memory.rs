@@ -93,6 +93,16 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
+    fn history<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Bytes>, BrokerError>> {
+        let now = Instant::now();
+        let messages = lock(&self.history)
+            .get(key)
+            .filter(|h| h.expires > now)
+            .map(|h| h.messages.iter().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(async { Ok(messages) })
+    }
+
     fn publish_with_history<'a>(
         &'a self,
         history_key: &'a str,

@@ -39,6 +39,9 @@ pub trait Broker: Send + Sync {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
+    /// The whole history list at `key`, oldest first.
+    fn history<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Bytes>, BrokerError>>;
+
     /// The canonical path (SPEC §3): append to `history_key`, trim, set its
     /// expiry, and publish on `channel`, as one atomic step.
     fn publish_with_history<'a>(

@@ -83,6 +83,10 @@ impl Publisher {
         Ok(())
     }
 
+    pub async fn history(&self, key: &str) -> Result<Vec<Bytes>, BrokerError> {
+        self.client.lrange(key, 0, -1).await.map_err(err)
+    }
+
     /// RPUSH + LTRIM + EXPIRE + PUBLISH in one MULTI/EXEC.
     pub async fn publish_with_history(
         &self,
@@ -224,6 +228,10 @@ impl Broker for RedisBroker {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(self.publisher.publish(channel, payload))
+    }
+
+    fn history<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Bytes>, BrokerError>> {
+        Box::pin(self.publisher.history(key))
     }
 
     fn publish_with_history<'a>(

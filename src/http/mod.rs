@@ -8,7 +8,7 @@ mod upgrade;
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::connection::SessionConfig;
+use crate::connection::Sessions;
 use crate::hub::Hub;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, Request, Response, StatusCode};
@@ -35,7 +35,7 @@ pub struct App {
     pub hub: Hub,
     pub broker: Arc<dyn Broker>,
     pub verifier: Verifier,
-    pub session: Arc<SessionConfig>,
+    pub sessions: Arc<Sessions>,
     /// Per-IP connect rate (SPEC §2 `connect_rate_per_ip`); None = unlimited.
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// WebSockets upgraded or being upgraded, for `max_connections`.
@@ -51,8 +51,11 @@ impl App {
         verifier: Verifier,
     ) -> Self {
         let c = &config.connection;
-        let session = Arc::new(SessionConfig {
+        let sessions = Arc::new(Sessions {
+            hub: hub.clone(),
+            broker: broker.clone(),
             instance: instance.clone(),
+            history_key_prefix: config.redis.history_key_prefix.clone(),
             ping_interval: Duration::from_secs(c.ping_interval_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             send_queue: c.send_queue,
@@ -69,7 +72,7 @@ impl App {
             hub,
             broker,
             verifier,
-            session,
+            sessions,
             connect_limiter,
             open_sockets: AtomicUsize::new(0),
         }

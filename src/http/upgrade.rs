@@ -76,6 +76,7 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let offered = offered_protocols(req.headers());
     let token = token_from(&req, &offered).unwrap_or_default();
     let auth = app.verifier.verify(&token);
+    let since = query_param(req.uri().query(), "since").filter(|s| !s.is_empty());
 
     let mut response = Response::new(reply::Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -103,7 +104,8 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 return;
             }
         };
-        let config = Some(app.session.websocket_config());
+        let config = Some(app.sessions.websocket_config());
+        let sessions = app.sessions.clone();
         // Unwrapping to the TcpStream drops hyper's leftover read buffer,
         // which would otherwise stay allocated for the connection's life.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -115,13 +117,13 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                     let early = parts.read_buf.to_vec();
                     WebSocketStream::from_partially_read(io, early, Role::Server, config).await
                 };
-                connection::run(ws, auth, app.hub.clone(), app.session.clone(), ip).await;
+                connection::run(ws, auth, since, sessions, ip).await;
             }
             Err(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
                         .await;
-                connection::run(ws, auth, app.hub.clone(), app.session.clone(), ip).await;
+                connection::run(ws, auth, since, sessions, ip).await;
             }
         }
     });
