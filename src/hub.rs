@@ -23,10 +23,10 @@ use crate::outbox::{lock, CloseReason, Outbox, Push};
 use crate::protocol::validate_published;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 pub type ConnId = u64;
 
@@ -47,6 +47,10 @@ struct Shared {
     started: Instant,
     /// When a dropped publish was last logged (ms since start), to rate-limit.
     last_drop_log_ms: AtomicU64,
+    /// The highest canary sequence number that came back.
+    canary_echo: watch::Sender<u64>,
+    /// When a canary last came back (ms since start; 0 = never).
+    canary_ok_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,15 +86,29 @@ pub struct ChannelNames {
     pub user_prefix: String,
     pub role_prefix: String,
     pub broadcast: String,
+    /// This instance's canary channel (SPEC §4).
+    pub canary: String,
+    pub history_prefix: String,
 }
 
 impl ChannelNames {
-    pub fn from_config(redis: &RedisConfig) -> Self {
+    pub fn from_config(redis: &RedisConfig, instance: &str) -> Self {
         Self {
             user_prefix: redis.user_channel_prefix.clone(),
             role_prefix: redis.role_channel_prefix.clone(),
             broadcast: redis.broadcast_channel.clone(),
+            canary: format!("ws:canary:{instance}"),
+            history_prefix: redis.history_key_prefix.clone(),
         }
+    }
+
+    /// The user of a user channel.
+    pub fn user_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.user_prefix.as_str())
+    }
+
+    pub fn history_key(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.history_prefix)
     }
 
     pub fn user(&self, user_id: &str) -> String {
@@ -113,9 +131,6 @@ pub struct Stats {
     pub broker_reconnects: AtomicU64,
     pub broker_lagged: AtomicU64,
     pub replayed_messages: AtomicU64,
-    /// True while the broker holds this instance's fixed subscriptions
-    /// (broadcast): a condition of readiness.
-    pub base_subscribed: AtomicBool,
 }
 
 /// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
@@ -167,6 +182,8 @@ impl Hub {
                 stats: Stats::default(),
                 started: Instant::now(),
                 last_drop_log_ms: AtomicU64::new(0),
+                canary_echo: watch::Sender::new(0),
+                canary_ok_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -269,6 +286,9 @@ impl Hub {
     /// Called by the broker's reader for each message, without waiting on
     /// any client.
     pub fn dispatch(&self, channel: &str, payload: Bytes) {
+        if channel == self.shared.names.canary {
+            return self.canary_echoed(&payload);
+        }
         let stats = &self.shared.stats;
         stats.messages_received.fetch_add(1, Relaxed);
         let message = match validate_published(payload) {
@@ -297,6 +317,38 @@ impl Hub {
                 .slow_consumer_disconnects
                 .fetch_add(overflowed, Relaxed);
         }
+    }
+
+    fn canary_echoed(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Canary {
+            seq: u64,
+        }
+        if let Ok(Canary { seq }) = serde_json::from_slice(payload) {
+            self.shared.canary_echo.send_if_modified(|highest| {
+                let newer = seq > *highest;
+                *highest = (*highest).max(seq);
+                newer
+            });
+        }
+    }
+
+    /// Canary sequence numbers as they come back through the broker.
+    pub fn canary_echoes(&self) -> watch::Receiver<u64> {
+        self.shared.canary_echo.subscribe()
+    }
+
+    /// Records a completed canary round trip.
+    pub fn canary_returned(&self) {
+        let now_ms = self.shared.started.elapsed().as_millis() as u64;
+        self.shared.canary_ok_ms.store(now_ms.max(1), Relaxed);
+    }
+
+    /// Whether a canary came back within `max_age`.
+    pub fn canary_fresh(&self, max_age: Duration) -> bool {
+        let ok_ms = self.shared.canary_ok_ms.load(Relaxed);
+        let now_ms = self.shared.started.elapsed().as_millis() as u64;
+        ok_ms > 0 && now_ms.saturating_sub(ok_ms) <= max_age.as_millis() as u64
     }
 
     fn log_drop(&self, channel: &str, reason: &str) {
@@ -422,7 +474,7 @@ mod tests {
 
     fn hub(max_per_user: usize) -> Hub {
         Hub::new(
-            ChannelNames::from_config(&RedisConfig::default()),
+            ChannelNames::from_config(&RedisConfig::default(), "test"),
             max_per_user,
         )
     }

@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod canary;
 pub mod config;
 pub mod connection;
 pub mod history;

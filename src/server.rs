@@ -7,7 +7,7 @@ use crate::broker::Broker;
 use crate::config::{Config, Loaded, DEV_LISTEN};
 use crate::http::{self, App};
 use crate::hub::{ChannelNames, Hub};
-use crate::{shutdown, subscriptions};
+use crate::{canary, shutdown, subscriptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,14 +37,23 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     let verifier = Verifier::new(&config.auth)?;
     let instance: Arc<str> = instance_id().into();
     let hub = Hub::new(
-        ChannelNames::from_config(&config.redis),
+        ChannelNames::from_config(&config.redis, &instance),
         config.connection.max_connections_per_user,
     );
     let broker = start_broker(&config, &hub).await?;
+    let fixed_channels = vec![
+        hub.names().broadcast.as_str().into(),
+        hub.names().canary.as_str().into(),
+    ];
     tokio::spawn(subscriptions::run(
         hub.clone(),
         broker.clone(),
-        vec![config.redis.broadcast_channel.as_str().into()],
+        fixed_channels,
+    ));
+    tokio::spawn(canary::run(
+        hub.clone(),
+        broker.clone(),
+        Duration::from_secs(config.redis.canary_interval_secs),
     ));
 
     let listener = TcpListener::bind(config.listen_addr())

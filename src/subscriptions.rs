@@ -14,7 +14,6 @@
 use crate::broker::Broker;
 use crate::hub::{Hub, Pending};
 use std::collections::HashSet;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, fixed: Vec<Box<str>>) {
     loop {
         let mut pending = hub.take_pending();
         if pending.resync {
-            hub.stats().base_subscribed.store(false, Relaxed);
             subscribed.clear();
             pending.dirty.extend(hub.wanted_channels());
             pending.dirty.extend(fixed.iter().cloned());
@@ -41,8 +39,6 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, fixed: Vec<Box<str>>) {
         match reconcile(&hub, broker.as_ref(), &fixed, &mut subscribed, &pending).await {
             Ok(()) => {
                 backoff = MIN_BACKOFF;
-                let base = fixed.iter().all(|c| subscribed.contains(c));
-                hub.stats().base_subscribed.store(base, Relaxed);
                 for waiter in pending.waiters {
                     let _ = waiter.send(());
                 }

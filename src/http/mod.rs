@@ -19,7 +19,7 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -98,12 +98,15 @@ impl App {
         }
     }
 
-    /// Ready to take traffic (SPEC §4, §7): broker up, subscribed, and not
-    /// draining.
+    /// Ready to take traffic (SPEC §4, §7): broker up, a delivery canary
+    /// back within three intervals, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.broker.is_up()
-            && self.hub.stats().base_subscribed.load(Relaxed)
-            && !self.hub.is_draining()
+        self.broker.is_up() && self.canary_fresh() && !self.hub.is_draining()
+    }
+
+    fn canary_fresh(&self) -> bool {
+        let interval = Duration::from_secs(self.config.redis.canary_interval_secs);
+        self.hub.canary_fresh(3 * interval)
     }
 }
 
