@@ -22,6 +22,7 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, interval: Duration) {
     let mut seq: u64 = 0;
     loop {
         ticks.tick().await;
+        metrics::gauge!("ws_gateway_broker_up").set(if broker.is_up() { 1.0 } else { 0.0 });
         seq += 1;
         let sent = Instant::now();
         let payload = Bytes::from(format!(r#"{{"type":"CANARY","seq":{seq}}}"#));

@@ -187,9 +187,9 @@ pub async fn run<S>(
     let mut opened = ws.send(Message::Text(hello)).await;
     if let (Ok(()), Some(mut replay)) = (&opened, replay) {
         dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
-        hub.stats()
-            .replayed_messages
-            .fetch_add(replay.messages.len() as u64, Relaxed);
+        let replayed = replay.messages.len() as u64;
+        hub.stats().replayed_messages.fetch_add(replayed, Relaxed);
+        metrics::counter!("ws_gateway_replayed_messages_total").increment(replayed);
         opened = write_batch(&mut ws, &mut replay.messages).await;
     }
     let end = match opened {

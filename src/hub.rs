@@ -18,17 +18,18 @@
 //! writes to a socket), so one slow client never holds the lock.
 
 use crate::auth::Identity;
+pub use crate::channel::ConnId;
+use crate::channel::{fan_out, Channel};
 use crate::config::RedisConfig;
-use crate::outbox::{lock, CloseReason, Outbox, Push};
+use crate::outbox::{lock, CloseReason, Outbox};
 use crate::protocol::validate_published;
+use crate::protocol::Published;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
-
-pub type ConnId = u64;
 
 /// A cheap-to-clone handle to the shared hub.
 #[derive(Clone)]
@@ -63,12 +64,6 @@ struct State {
     /// Work for the subscriptions task.
     pending: Pending,
     draining: bool,
-}
-
-struct Channel {
-    members: HashMap<ConnId, Arc<Outbox>>,
-    /// True once the broker confirmed the subscription.
-    confirmed: bool,
 }
 
 /// Channels whose subscription may need to change, and connections waiting
@@ -227,10 +222,10 @@ impl Hub {
                 Some(c) => c,
                 None => {
                     state.pending.dirty.insert(name.clone());
-                    state.channels.entry(name.clone()).or_insert(Channel {
-                        members: HashMap::new(),
-                        confirmed: false,
-                    })
+                    state
+                        .channels
+                        .entry(name.clone())
+                        .or_insert_with(|| Channel::new(crate::publish::unix_millis()))
                 }
             };
             channel.members.insert(id, outbox.clone());
@@ -299,23 +294,59 @@ impl Hub {
                 return;
             }
         };
-        let mut overflowed = 0;
-        let state = lock(&self.shared.state);
-        let audience = if channel == self.shared.names.broadcast {
-            Some(&state.connections)
+        let mut state = lock(&self.shared.state);
+        let overflowed = if channel == self.shared.names.broadcast {
+            fan_out(state.connections.values(), &message)
         } else {
-            state.channels.get(channel).map(|c| &c.members)
+            state
+                .channels
+                .get_mut(channel)
+                .map_or(0, |c| c.relay(&message))
         };
-        for outbox in audience.into_iter().flat_map(|a| a.values()) {
-            if outbox.push(message.clone()) == Push::Overflowed {
-                overflowed += 1;
-            }
-        }
         drop(state);
+        self.count_overflows(overflowed);
+    }
+
+    fn count_overflows(&self, overflowed: u64) {
         if overflowed > 0 {
-            stats
+            self.shared
+                .stats
                 .slow_consumer_disconnects
                 .fetch_add(overflowed, Relaxed);
+        }
+    }
+
+    /// User channels waiting for a catch-up after a broker reconnect.
+    pub fn recovering_channels(&self) -> Vec<Box<str>> {
+        let state = lock(&self.shared.state);
+        state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.is_recovering())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Ends a channel's recovery with its history (`None`: unreadable).
+    pub fn catch_up(&self, channel: &str, history: Option<Vec<Arc<Published>>>) {
+        let mut state = lock(&self.shared.state);
+        let Some(entry) = state.channels.get_mut(channel) else {
+            return;
+        };
+        let (missed, overflowed) = entry.catch_up(history.as_deref());
+        drop(state);
+        self.count_overflows(overflowed);
+        if missed > 0 {
+            self.shared
+                .stats
+                .replayed_messages
+                .fetch_add(missed as u64, Relaxed);
+            metrics::counter!("ws_gateway_replayed_messages_total").increment(missed as u64);
+            tracing::info!(
+                channel,
+                missed,
+                "delivered what was published while Redis was away"
+            );
         }
     }
 
@@ -408,11 +439,16 @@ impl Hub {
         }
     }
 
-    /// The broker lost every subscription: redo them all.
+    /// The broker lost every subscription (a reconnect): redo them all, and
+    /// catch user channels up on what was published meanwhile.
     pub fn resync(&self) {
         let mut state = lock(&self.shared.state);
-        for c in state.channels.values_mut() {
+        let names = &self.shared.names;
+        for (name, c) in state.channels.iter_mut() {
             c.confirmed = false;
+            if names.user_of(name).is_some() {
+                c.begin_recovery();
+            }
         }
         state.pending.resync = true;
         drop(state);

@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod broker;
 pub mod canary;
+pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod history;

@@ -12,6 +12,7 @@
 //! (fred only logs failed resubscriptions, so we do not rely on it).
 
 use crate::broker::Broker;
+use crate::history;
 use crate::hub::{Hub, Pending};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,9 +26,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn run(hub: Hub, broker: Arc<dyn Broker>, fixed: Vec<Box<str>>) {
     let mut subscribed: HashSet<Box<str>> = HashSet::new();
     let mut backoff = MIN_BACKOFF;
+    let mut catch_up_due = false;
     loop {
         let mut pending = hub.take_pending();
         if pending.resync {
+            catch_up_due = true;
             subscribed.clear();
             pending.dirty.extend(hub.wanted_channels());
             pending.dirty.extend(fixed.iter().cloned());
@@ -39,6 +42,10 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, fixed: Vec<Box<str>>) {
         match reconcile(&hub, broker.as_ref(), &fixed, &mut subscribed, &pending).await {
             Ok(()) => {
                 backoff = MIN_BACKOFF;
+                if std::mem::take(&mut catch_up_due) {
+                    // Resubscribed: now the history can be read (see channel).
+                    tokio::spawn(catch_up(hub.clone(), broker.clone()));
+                }
                 for waiter in pending.waiters {
                     let _ = waiter.send(());
                 }
@@ -55,6 +62,26 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, fixed: Vec<Box<str>>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Catches every recovering user channel up from its history.
+async fn catch_up(hub: Hub, broker: Arc<dyn Broker>) {
+    for channel in hub.recovering_channels() {
+        let names = hub.names();
+        let Some(user) = names.user_of(&channel) else {
+            hub.catch_up(&channel, None);
+            continue;
+        };
+        let key = names.history_key(user);
+        let history = match broker.history(&key).await {
+            Ok(entries) => Some(history::parse(entries)),
+            Err(e) => {
+                tracing::warn!(error = %e, channel = &*channel, "history read failed; messages published while Redis was away are not delivered");
+                None
+            }
+        };
+        hub.catch_up(&channel, history);
     }
 }
 

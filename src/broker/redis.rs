@@ -174,6 +174,7 @@ fn spawn_reconnect_watch(subscriber: &Client, hub: Hub) {
                     Ok(server) => {
                         if !first {
                             hub.stats().broker_reconnects.fetch_add(1, Relaxed);
+                            metrics::counter!("ws_gateway_broker_reconnects_total").increment(1);
                         }
                         first = false;
                         tracing::info!(%server, "connected to Redis; resubscribing");
