@@ -603,6 +603,142 @@ impl RespConn {
 }
 
 // ---------------------------------------------------------------------------
+// Fallible RESP and the canonical publish path (for tests that publish
+// through Redis outages: errors are returned, never panicked on)
+// ---------------------------------------------------------------------------
+
+impl RespConn {
+    /// Connects to `127.0.0.1:port` within `timeout`; an error, not a panic,
+    /// when Redis is down.
+    pub async fn try_connect(port: u16, timeout: Duration) -> Result<RespConn, String> {
+        let s = tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .map_err(|_| format!("connect to redis :{port}: timed out after {timeout:?}"))?
+            .map_err(|e| format!("connect to redis :{port}: {e}"))?;
+        s.set_nodelay(true).ok();
+        Ok(RespConn {
+            stream: TokioBufReader::new(s),
+        })
+    }
+
+    /// Writes raw bytes (one or more encoded commands).
+    pub async fn try_write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .map_err(|e| format!("write to redis: {e}"))
+    }
+
+    /// Reads one reply within `timeout`; I/O and protocol problems are errors.
+    pub async fn try_read_reply(&mut self, timeout: Duration) -> Result<Resp, String> {
+        tokio::time::timeout(timeout, Self::try_read_value(&mut self.stream))
+            .await
+            .map_err(|_| format!("no redis reply within {timeout:?}"))?
+    }
+
+    /// Sends one command and reads its reply within `timeout`.
+    pub async fn try_command(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Resp, String> {
+        self.try_write(&Self::encode(args)).await?;
+        self.try_read_reply(timeout).await
+    }
+
+    /// The canonical publish path of SPEC §3, as a backend does it: one
+    /// transaction `MULTI; RPUSH notifications:U M; LTRIM notifications:U
+    /// -N -1; EXPIRE notifications:U 604800; PUBLISH ws:user:U M; EXEC`
+    /// (pipelined in one write; the six replies are read).
+    ///
+    /// `Ok(true)`: EXEC returned an array without errors, so the message is
+    /// in the history list and was published. `Ok(false)`: Redis answered
+    /// but refused (EXEC error or nil): the message did not reach history.
+    /// `Err`: the connection failed (Redis down, timeout); the message may
+    /// or may not have been applied, and the connection should be dropped.
+    pub async fn publish_canonical(
+        &mut self,
+        user: &str,
+        message: &[u8],
+        history_size: usize,
+        timeout: Duration,
+    ) -> Result<bool, String> {
+        let key = format!("notifications:{user}");
+        let channel = format!("ws:user:{user}");
+        let trim = format!("-{history_size}");
+        let mut buf = Self::encode(&[b"MULTI"]);
+        buf.extend(Self::encode(&[b"RPUSH", key.as_bytes(), message]));
+        buf.extend(Self::encode(&[
+            b"LTRIM",
+            key.as_bytes(),
+            trim.as_bytes(),
+            b"-1",
+        ]));
+        buf.extend(Self::encode(&[b"EXPIRE", key.as_bytes(), b"604800"]));
+        buf.extend(Self::encode(&[b"PUBLISH", channel.as_bytes(), message]));
+        buf.extend(Self::encode(&[b"EXEC"]));
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.try_write(&buf).await?;
+        let mut replies = Vec::with_capacity(6);
+        for _ in 0..6 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            replies.push(self.try_read_reply(left).await?);
+        }
+        Ok(match &replies[5] {
+            Resp::Array(Some(results)) => !results.iter().any(|r| matches!(r, Resp::Error(_))),
+            _ => false,
+        })
+    }
+
+    fn try_read_value(
+        r: &mut TokioBufReader<TcpStream>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resp, String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut line = String::new();
+            let n = r
+                .read_line(&mut line)
+                .await
+                .map_err(|e| format!("read from redis: {e}"))?;
+            if n == 0 {
+                return Err("redis closed the connection".into());
+            }
+            if !line.ends_with("\r\n") || line.len() < 3 {
+                return Err(format!("bad RESP line {line:?}"));
+            }
+            let line = &line[..line.len() - 2];
+            let (kind, rest) = line.split_at(1);
+            let bad = |what: &str| format!("bad RESP {what} in {line:?}");
+            Ok(match kind {
+                "+" => Resp::Simple(rest.to_string()),
+                "-" => Resp::Error(rest.to_string()),
+                ":" => Resp::Int(rest.parse().map_err(|_| bad("integer"))?),
+                "$" => {
+                    let n: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
+                    if n < 0 {
+                        return Ok(Resp::Bulk(None));
+                    }
+                    let mut buf = vec![0u8; n as usize + 2];
+                    r.read_exact(&mut buf)
+                        .await
+                        .map_err(|e| format!("read bulk from redis: {e}"))?;
+                    buf.truncate(n as usize);
+                    Resp::Bulk(Some(buf))
+                }
+                "*" => {
+                    let n: i64 = rest.parse().map_err(|_| bad("array length"))?;
+                    if n < 0 {
+                        return Ok(Resp::Array(None));
+                    }
+                    let mut v = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        v.push(Self::try_read_value(r).await?);
+                    }
+                    Resp::Array(Some(v))
+                }
+                _ => return Err(format!("unexpected RESP line {line:?}")),
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Gateway process
 // ---------------------------------------------------------------------------
 
