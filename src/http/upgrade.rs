@@ -106,15 +106,19 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
         };
         let config = Some(app.sessions.websocket_config());
         let sessions = app.sessions.clone();
-        // Unwrapping to the TcpStream drops hyper's leftover read buffer,
-        // which would otherwise stay allocated for the connection's life.
+        // Unwrapped to the TcpStream: hyper's IO wrapper goes with it.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let io = parts.io.into_inner();
-                let ws = if parts.read_buf.is_empty() {
+                // `read_buf` shares hyper's 8 KiB read buffer even when empty:
+                // copy out what the client sent early and release it now,
+                // not when the connection ends.
+                let early = parts.read_buf;
+                let ws = if early.is_empty() {
+                    drop(early);
                     WebSocketStream::from_raw_socket(io, Role::Server, config).await
                 } else {
-                    let early = parts.read_buf.to_vec();
+                    let early = early.to_vec();
                     WebSocketStream::from_partially_read(io, early, Role::Server, config).await
                 };
                 connection::run(ws, auth, since, sessions, ip).await;
