@@ -236,14 +236,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut batch: Vec<Arc<Published>> = Vec::new();
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.ping_interval,
-        cfg.ping_interval,
-    );
-    // After a long write, send one ping, not a burst of missed ones.
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let idle = tokio::time::sleep(cfg.idle_timeout);
-    tokio::pin!(idle);
+    let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
+    // One timer for both the ping and the idle deadline: fewer timers to
+    // poll on every wake-up, and none to reset on every client frame.
+    let timer = tokio::time::sleep_until(heartbeat.next_deadline());
+    tokio::pin!(timer);
     let mut budget = ClientBudget::new(cfg.client_messages_per_sec);
     let mut strikes = 0;
 
@@ -272,7 +269,7 @@ where
                 }
             }
             incoming = ws.next() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + cfg.idle_timeout);
+                heartbeat.heard_from_client();
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         let (reply, accepted) = if budget.take() {
@@ -307,15 +304,70 @@ where
                     Some(Err(_)) | None => return End::ClientGone,
                 }
             }
-            _ = ping.tick() => {
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return End::ClientGone;
+            () = &mut timer => {
+                match heartbeat.due(tokio::time::Instant::now()) {
+                    Some(Beat::Idle) => {
+                        return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
+                    }
+                    Some(Beat::Ping) => {
+                        if ws.send(Message::Ping(Default::default())).await.is_err() {
+                            return End::ClientGone;
+                        }
+                    }
+                    None => {}
                 }
-            }
-            _ = &mut idle => {
-                return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
+                timer.as_mut().reset(heartbeat.next_deadline());
             }
         }
+    }
+}
+
+/// The server's side of the heartbeat: a Ping every `interval`, and a close
+/// when nothing arrived from the client for `idle`.
+struct Heartbeat {
+    interval: Duration,
+    idle: Duration,
+    next_ping: tokio::time::Instant,
+    last_heard: tokio::time::Instant,
+}
+
+/// What the heartbeat timer found due.
+#[derive(Debug, PartialEq)]
+enum Beat {
+    Ping,
+    Idle,
+}
+
+impl Heartbeat {
+    fn new(interval: Duration, idle: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            interval,
+            idle,
+            next_ping: now + interval,
+            last_heard: now,
+        }
+    }
+
+    fn heard_from_client(&mut self) {
+        self.last_heard = tokio::time::Instant::now();
+    }
+
+    fn next_deadline(&self) -> tokio::time::Instant {
+        self.next_ping.min(self.last_heard + self.idle)
+    }
+
+    /// What is due at `now`; a ping due moves the next one an interval on.
+    fn due(&mut self, now: tokio::time::Instant) -> Option<Beat> {
+        if now >= self.last_heard + self.idle {
+            return Some(Beat::Idle);
+        }
+        if now >= self.next_ping {
+            // After a long write, one ping, not a burst of missed ones.
+            self.next_ping = now + self.interval;
+            return Some(Beat::Ping);
+        }
+        None
     }
 }
 
@@ -384,6 +436,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_pings_and_times_out() {
+        let mut hb = Heartbeat::new(Duration::from_secs(2), Duration::from_secs(5));
+        let start = tokio::time::Instant::now();
+        assert_eq!(hb.next_deadline(), start + Duration::from_secs(2));
+        assert_eq!(hb.due(start + Duration::from_secs(1)), None);
+        assert_eq!(hb.due(start + Duration::from_secs(2)), Some(Beat::Ping));
+        assert_eq!(hb.next_deadline(), start + Duration::from_secs(4));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        hb.heard_from_client();
+        assert_eq!(hb.due(start + Duration::from_secs(6)), Some(Beat::Ping));
+        assert_eq!(hb.due(start + Duration::from_secs(7)), None);
+        assert_eq!(hb.due(start + Duration::from_secs(8)), Some(Beat::Idle));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn client_budget_allows_bursts_then_the_rate() {
