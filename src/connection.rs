@@ -309,12 +309,10 @@ where
                     Some(Beat::Idle) => {
                         return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
                     }
-                    Some(Beat::Ping) => {
-                        if ws.send(Message::Ping(Default::default())).await.is_err() {
-                            return End::ClientGone;
-                        }
+                    Some(Beat::Ping) if ws.send(Message::Ping(Default::default())).await.is_err() => {
+                        return End::ClientGone;
                     }
-                    None => {}
+                    Some(Beat::Ping) | None => {}
                 }
                 timer.as_mut().reset(heartbeat.next_deadline());
             }
