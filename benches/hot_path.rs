@@ -1,24 +1,25 @@
 //! Micro-benchmarks of the relay hot path: broker message → `validate_published`
-//! → `Hub::dispatch` fan-out → each connection's `Outbox` → its writer's `take`.
+//! → `Hub::dispatch` fan-out → each connection's `Wire` (a direct write).
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- --quick` for a smoke run).
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use futures_util::FutureExt;
 use std::hint::black_box;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
 use ws_gateway::auth::Identity;
 use ws_gateway::config::RedisConfig;
 use ws_gateway::hub::{ChannelNames, Hub, Registration};
-use ws_gateway::outbox::Outbox;
-use ws_gateway::protocol::{validate_published, Published};
+use ws_gateway::protocol::validate_published;
+use ws_gateway::wire::Wire;
 
 /// The per-connection queue size of the default config (`connection.send_queue`).
 const SEND_QUEUE: usize = 1024;
-/// Dispatches timed back to back before the outboxes are drained (untimed);
-/// well below `SEND_QUEUE`, so no outbox ever overflows.
+/// Dispatches timed back to back before the clients are drained (untimed);
+/// their socket buffers take that many without blocking.
 const DRAIN_EVERY: u64 = 64;
 
 /// A typical finance event as the backend publishes it (~200 bytes).
@@ -92,47 +93,85 @@ fn identity(user_id: String) -> Identity {
     }
 }
 
+/// A wire over a loopback socket pair (released, so it delivers), and the
+/// client end.
+fn socket_pair(rt: &tokio::runtime::Runtime) -> (Arc<Wire>, TcpStream) {
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"));
+        let (server, client) = tokio::join!(listener.accept(), client);
+        let wire = Wire::new(server.expect("accept").0, SEND_QUEUE);
+        wire.release(None, &AtomicU64::new(0));
+        (wire, client.expect("connect"))
+    })
+}
+
 /// Registers `count` connections of `user_id(i)`; the registrations must be
 /// kept alive (dropping one unregisters it).
 fn connect(
+    rt: &tokio::runtime::Runtime,
     hub: &Hub,
     count: usize,
     user_id: impl Fn(usize) -> String,
-) -> (Vec<Registration>, Vec<Arc<Outbox>>) {
-    (0..count)
-        .map(|i| {
-            let outbox = Arc::new(Outbox::new(SEND_QUEUE));
-            let registration = hub
-                .register(&identity(user_id(i)), outbox.clone())
-                .expect("registration refused");
-            (registration, outbox)
-        })
-        .unzip()
+) -> Connections {
+    let mut connections = Connections::default();
+    for i in 0..count {
+        let (wire, client) = socket_pair(rt);
+        let registration = hub
+            .register(&identity(user_id(i)), wire.clone())
+            .expect("registration refused");
+        connections.registrations.push(registration);
+        connections.wires.push(wire);
+        connections.clients.push(client);
+    }
+    // Let the reactor see the new sockets writable: until it has, a
+    // non-blocking write reports WouldBlock without trying.
+    settle(rt);
+    connections
 }
 
-/// Empties every outbox, as the connection tasks would.
-fn drain(outboxes: &[Arc<Outbox>], batch: &mut Vec<Arc<Published>>) {
-    for outbox in outboxes {
-        let closed = outbox.take(batch).now_or_never();
-        assert_eq!(closed, Some(None), "an outbox overflowed or was closed");
-        batch.clear();
+#[derive(Default)]
+struct Connections {
+    registrations: Vec<Registration>,
+    wires: Vec<Arc<Wire>>,
+    clients: Vec<TcpStream>,
+}
+
+/// One turn of the reactor, so socket readiness is up to date.
+fn settle(rt: &tokio::runtime::Runtime) {
+    rt.block_on(tokio::time::sleep(Duration::from_millis(1)));
+}
+
+/// Reads and discards what the clients received, as real clients would,
+/// and flushes what the wires had to queue (the sessions' job).
+fn drain(rt: &tokio::runtime::Runtime, connections: &Connections) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let flushed = AtomicU64::new(0);
+    for (wire, client) in connections.wires.iter().zip(&connections.clients) {
+        while matches!(client.try_read(&mut buf), Ok(n) if n > 0) {}
+        while wire.has_pending() {
+            rt.block_on(wire.flush(&flushed)).expect("flush");
+            while matches!(client.try_read(&mut buf), Ok(n) if n > 0) {}
+        }
+        assert!(wire.closed().is_none(), "a connection overflowed");
     }
+    settle(rt);
 }
 
 /// Times `Hub::dispatch(channel, payload)` only: batches of `DRAIN_EVERY`
-/// dispatches are timed back to back, then the outboxes are drained with the
-/// clock stopped. Included: the payload's validation, the `Arc<Published>`
-/// allocation, the hub lock and one push per recipient (VecDeque capacity is
-/// reused after the first drain, so pushes do not allocate). Excluded: the
-/// drain and freeing the message, which the connection tasks do in production.
+/// dispatches are timed back to back, then the clients' sockets are drained
+/// with the clock stopped (and anything queued flushed). Included: the payload's validation, the
+/// `Arc<Published>` allocation, the hub lock, and per recipient a direct
+/// non-blocking `writev` of the frame to its loopback socket (the kernel's
+/// share dominates). Excluded: the clients reading.
 fn time_dispatch(
+    rt: &tokio::runtime::Runtime,
     hub: &Hub,
     channel: &str,
     payload: &Bytes,
-    outboxes: &[Arc<Outbox>],
+    connections: &Connections,
     iters: u64,
 ) -> Duration {
-    let mut batch = Vec::with_capacity(DRAIN_EVERY as usize);
     let mut total = Duration::ZERO;
     let mut done = 0;
     while done < iters {
@@ -143,25 +182,33 @@ fn time_dispatch(
         }
         total += start.elapsed();
         done += n;
-        drain(outboxes, &mut batch);
+        drain(rt, connections);
     }
     total
 }
 
 fn fan_out(c: &mut Criterion) {
     let payload = small_event();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Sockets need the runtime's reactor; writes are non-blocking, no polling.
+    let _reactor = rt.enter();
 
     let mut group = c.benchmark_group("fanout_broadcast");
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(30);
-    for n in [100usize, 1_000, 10_000] {
+    // Two descriptors per connection: 4,000 stays well under 20,000.
+    for n in [100usize, 1_000, 4_000] {
         let hub = hub();
-        let (_registrations, outboxes) = connect(&hub, n, |i| format!("u{i}"));
+        let connections = connect(&rt, &hub, n, |i| format!("u{i}"));
         group.throughput(Throughput::Elements(n as u64));
-        // One broadcast to N local connections: the worst-case fan-out, done
-        // under the hub lock, so it also bounds how long connects wait.
+        // One broadcast to N local connections: the worst-case fan-out.
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter_custom(|iters| time_dispatch(&hub, "ws:broadcast", &payload, &outboxes, iters))
+            b.iter_custom(|iters| {
+                time_dispatch(&rt, &hub, "ws:broadcast", &payload, &connections, iters)
+            })
         });
     }
     group.finish();
@@ -172,41 +219,19 @@ fn fan_out(c: &mut Criterion) {
     for n in [1usize, 4] {
         let hub = hub();
         // Other users are connected too, so the channel lookup is realistic.
-        let (_others, _) = connect(&hub, 1_000, |i| format!("other{i}"));
-        let (_registrations, outboxes) = connect(&hub, n, |_| "42".to_string());
+        let _others = connect(&rt, &hub, 1_000, |i| format!("other{i}"));
+        let connections = connect(&rt, &hub, n, |_| "42".to_string());
         group.throughput(Throughput::Elements(n as u64));
         // The common case: one event to one user's channel (1 or 4 devices);
         // its per-message cost is the gateway's overall message-rate ceiling.
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter_custom(|iters| time_dispatch(&hub, "ws:user:42", &payload, &outboxes, iters))
+            b.iter_custom(|iters| {
+                time_dispatch(&rt, &hub, "ws:user:42", &payload, &connections, iters)
+            })
         });
     }
     group.finish();
 }
 
-fn outbox(c: &mut Criterion) {
-    const BATCH: usize = 64;
-    let message = Arc::new(validate_published(small_event()).unwrap());
-    let outbox = Outbox::new(SEND_QUEUE);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut group = c.benchmark_group("outbox");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    // The per-connection queue: 64 pushes (as fan-out does) then one take of
-    // the whole batch (as the writer task does), uncontended; includes
-    // dropping the batch's Arc clones.
-    group.bench_function("push64_take", |b| {
-        b.iter(|| {
-            for _ in 0..BATCH {
-                outbox.push(message.clone());
-            }
-            let closed = outbox.take(&mut batch).now_or_never();
-            black_box(&batch);
-            batch.clear();
-            closed
-        })
-    });
-    group.finish();
-}
-
-criterion_group!(benches, validate, fan_out, outbox);
+criterion_group!(benches, validate, fan_out);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! One broker channel's local state: its members, where its stream stands,
-//! and the catch-up after a broker reconnect (SPEC §4).
+//! and the catch-up after a broker reconnect (SPEC §4). It decides what to
+//! deliver; the hub delivers it, outside its lock.
 //!
 //! While the gateway's Redis connection is down, nothing arrives; the
 //! backend may still write history (to a failed-over primary, say). On
@@ -11,8 +12,8 @@
 //! with no gap and no duplicate.
 
 use crate::history::{self, Dedupe, DEDUPE_WINDOW};
-use crate::outbox::{Outbox, Push};
 use crate::protocol::Published;
+use crate::wire::Wire;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,8 +23,11 @@ const MAX_HELD: usize = 10_000;
 
 pub type ConnId = u64;
 
+/// Messages to deliver to a channel's members, in order.
+pub type Deliveries = Vec<Arc<Published>>;
+
 pub struct Channel {
-    pub members: HashMap<ConnId, Arc<Outbox>>,
+    pub members: HashMap<ConnId, Arc<Wire>>,
     /// True once the broker confirmed the subscription.
     pub confirmed: bool,
     /// The last message relayed here: where a catch-up resumes.
@@ -50,9 +54,6 @@ struct Recovery {
     held: Vec<Arc<Published>>,
 }
 
-/// How many slow consumers a fan-out found (they are closing with 4008).
-pub type Overflowed = u64;
-
 impl Channel {
     pub fn new(now_ms: u64) -> Self {
         Self {
@@ -67,17 +68,21 @@ impl Channel {
         }
     }
 
-    /// Relays a live message to the members (or holds it during recovery).
-    pub fn relay(&mut self, message: &Arc<Published>) -> Overflowed {
+    /// Decides what a live message means for the members: itself, nothing
+    /// (held during recovery, or a duplicate of the catch-up), or more.
+    pub fn relay(&mut self, message: &Arc<Published>, out: &mut Deliveries) {
         if let Some(recovery) = &mut self.recovery {
             if recovery.held.len() < MAX_HELD {
                 recovery.held.push(message.clone());
-                return 0;
+                return;
             }
             tracing::warn!("catch-up took too long; relaying live messages without it");
             let held = std::mem::take(&mut recovery.held);
             self.recovery = None;
-            return self.relay_all(held) + self.relay(message);
+            for m in held.iter().chain([message]) {
+                self.relay(m, out);
+            }
+            return;
         }
         if let Some(dedupe) = &mut self.dedupe {
             let duplicate = dedupe.is_duplicate(message);
@@ -85,11 +90,11 @@ impl Channel {
                 self.dedupe = None;
             }
             if duplicate {
-                return 0;
+                return;
             }
         }
         self.advance(message);
-        fan_out(self.members.values(), message)
+        out.push(message.clone());
     }
 
     /// Moves the position past a relayed message.
@@ -100,10 +105,6 @@ impl Channel {
                 ts_ms: message.ts.unwrap_or(self.position.ts_ms),
             };
         }
-    }
-
-    fn relay_all(&mut self, messages: Vec<Arc<Published>>) -> Overflowed {
-        messages.iter().map(|m| self.relay(m)).sum()
     }
 
     /// The broker reconnected: hold live messages until `catch_up`. A
@@ -122,21 +123,23 @@ impl Channel {
     }
 
     /// Ends a recovery with the channel's history (oldest first), read after
-    /// resubscribing; `None` if it could not be read. Returns how many
-    /// missed messages were relayed, and the slow consumers found.
-    pub fn catch_up(&mut self, history: Option<&[Arc<Published>]>) -> (usize, Overflowed) {
+    /// resubscribing; `None` if it could not be read. Adds the missed
+    /// messages, then the held ones, to `out`; returns how many were missed.
+    pub fn catch_up(&mut self, history: Option<&[Arc<Published>]>, out: &mut Deliveries) -> usize {
         let Some(recovery) = self.recovery.take() else {
-            return (0, 0);
+            return 0;
         };
         let missed = history.map_or_else(Vec::new, |h| missed_since(h, &recovery.from));
         self.dedupe = Dedupe::after_replay(&missed, DEDUPE_WINDOW).map(Box::new);
-        let mut overflowed = 0;
         for message in &missed {
             self.advance(message);
-            overflowed += fan_out(self.members.values(), message);
         }
-        overflowed += self.relay_all(recovery.held);
-        (missed.len(), overflowed)
+        let count = missed.len();
+        out.extend(missed);
+        for message in &recovery.held {
+            self.relay(message, out);
+        }
+        count
     }
 }
 
@@ -157,16 +160,6 @@ fn missed_since(history: &[Arc<Published>], from: &Position) -> Vec<Arc<Publishe
         .collect()
 }
 
-/// Pushes one shared message into every outbox, without waiting.
-pub fn fan_out<'a>(
-    outboxes: impl Iterator<Item = &'a Arc<Outbox>>,
-    message: &Arc<Published>,
-) -> Overflowed {
-    outboxes
-        .filter(|outbox| outbox.push(message.clone()) == Push::Overflowed)
-        .count() as Overflowed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,61 +171,48 @@ mod tests {
         Arc::new(validate_published(Bytes::from(text)).unwrap())
     }
 
-    fn received(outbox: &Outbox) -> Vec<String> {
-        let mut batch = Vec::new();
-        futures_util::FutureExt::now_or_never(outbox.take(&mut batch));
-        batch
-            .iter()
-            .map(|m| m.id.as_deref().unwrap_or("-").to_string())
-            .collect()
-    }
-
-    fn channel_with_member() -> (Channel, Arc<Outbox>) {
-        let mut channel = Channel::new(0);
-        let outbox = Arc::new(Outbox::new(1000));
-        channel.members.insert(1, outbox.clone());
-        (channel, outbox)
+    fn ids(out: &Deliveries) -> Vec<&str> {
+        out.iter().map(|m| m.id.as_deref().unwrap_or("-")).collect()
     }
 
     #[test]
     fn catch_up_relays_the_missed_then_the_held_without_duplicates() {
-        let (mut channel, outbox) = channel_with_member();
-        channel.relay(&message(0));
-        channel.relay(&message(1));
+        let mut channel = Channel::new(0);
+        let mut out = Vec::new();
+        channel.relay(&message(0), &mut out);
+        channel.relay(&message(1), &mut out);
         channel.begin_recovery();
         // Resubscribed: 4 and 5 arrive live before the history read; the
         // history read has 0..=4 (5 was published after it).
-        channel.relay(&message(4));
-        channel.relay(&message(5));
+        channel.relay(&message(4), &mut out);
+        channel.relay(&message(5), &mut out);
         let history: Vec<_> = (0..=4).map(message).collect();
-        let (missed, _) = channel.catch_up(Some(&history));
-        assert_eq!(missed, 3);
-        channel.relay(&message(6));
-        assert_eq!(
-            received(&outbox),
-            ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]
-        );
+        assert_eq!(channel.catch_up(Some(&history), &mut out), 3);
+        channel.relay(&message(6), &mut out);
+        assert_eq!(ids(&out), ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
     }
 
     #[test]
     fn catch_up_after_redis_restarted_empty_uses_ts() {
-        let (mut channel, outbox) = channel_with_member();
-        channel.relay(&message(10));
+        let mut channel = Channel::new(0);
+        let mut out = Vec::new();
+        channel.relay(&message(10), &mut out);
         channel.begin_recovery();
         // The new history starts later: m10 is gone, m11 and m12 are newer.
         let history: Vec<_> = (11..=12).map(message).collect();
-        channel.catch_up(Some(&history));
-        assert_eq!(received(&outbox), ["m10", "m11", "m12"]);
+        channel.catch_up(Some(&history), &mut out);
+        assert_eq!(ids(&out), ["m10", "m11", "m12"]);
     }
 
     #[test]
     fn failed_history_read_still_releases_held_messages() {
-        let (mut channel, outbox) = channel_with_member();
+        let mut channel = Channel::new(0);
+        let mut out = Vec::new();
         channel.begin_recovery();
-        channel.relay(&message(1));
-        assert!(received(&outbox).is_empty(), "held during recovery");
-        channel.catch_up(None);
-        assert_eq!(received(&outbox), ["m1"]);
+        channel.relay(&message(1), &mut out);
+        assert!(out.is_empty(), "held during recovery");
+        channel.catch_up(None, &mut out);
+        assert_eq!(ids(&out), ["m1"]);
         assert!(!channel.is_recovering());
     }
 }

@@ -1,29 +1,30 @@
 //! One client connection, from the upgraded socket to the close.
 //!
-//! A single task per connection (lighter than split reader/writer tasks)
-//! `select!`s over: the outbox (messages to write), the client's frames,
-//! the heartbeat tick and the idle deadline. Queued messages are written as
-//! one batch with one flush, so a burst costs one syscall per connection,
-//! not one per message. While a batch is being written the task also
-//! watches the outbox, so a client that stopped reading is closed with 4008
-//! as soon as its queue overflows, not whenever its socket unblocks.
+//! Published messages do not pass through this task: the fan-out writes
+//! them to the connection's [`Wire`] directly. The task (one per
+//! connection, lighter than split reader/writer tasks) `select!`s over: the
+//! wire's queue when the socket was full (flushed in batches), the client's
+//! frames, and one heartbeat timer; and it closes the connection when the
+//! wire says so (slow consumer 4008, shutdown 1001).
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
 use crate::history::{self, Dedupe, Replay, DEDUPE_WINDOW};
 use crate::hub::{Hub, Refused};
-use crate::outbox::{CloseReason, Outbox};
-use crate::protocol::{self, close, ClientMessage, Published};
+use crate::protocol::{self, close, ClientMessage};
+use crate::wire::{CloseReason, Wire, WireStream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<WireStream>;
 
 /// How long a closing handshake may take before the socket is dropped. Long
 /// enough for a stalled client that wakes up to still read its close code.
@@ -51,15 +52,13 @@ pub struct Sessions {
 impl Sessions {
     /// tungstenite's buffers, sized for many mostly idle connections: its
     /// defaults (128 KiB read buffer allocated up front, unbounded write
-    /// buffer) would cost gigabytes at 10k clients.
+    /// buffer) would cost gigabytes at 10k clients. It only writes control
+    /// frames and replies, straight into the wire (no buffering of its own).
     pub fn websocket_config(&self) -> WebSocketConfig {
-        const WRITE_BUFFER: usize = 4 * 1024;
         WebSocketConfig::default()
             .read_buffer_size(1024)
-            .write_buffer_size(WRITE_BUFFER)
-            // The buffer only grows past WRITE_BUFFER by one frame before a
-            // flush; the cap must admit the largest relayed message.
-            .max_write_buffer_size(WRITE_BUFFER + protocol::MAX_PUBLISHED_BYTES + 64)
+            .write_buffer_size(0)
+            .max_write_buffer_size(64 * 1024)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
     }
@@ -119,17 +118,25 @@ enum End {
     Abuse,
 }
 
-/// Runs one client connection to its end. `since` is the last message id
-/// the client saw, for a resume.
-pub async fn run<S>(
-    mut ws: WebSocketStream<S>,
+/// Runs one client connection to its end: `socket` is the upgraded TCP
+/// connection, `early` whatever the client sent after its upgrade request,
+/// `since` the last message id the client saw, for a resume.
+pub async fn run(
+    socket: TcpStream,
+    early: Vec<u8>,
     auth: Result<Identity, AuthError>,
     since: Option<String>,
     sessions: Arc<Sessions>,
     ip: IpAddr,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
+    let wire = Wire::new(socket, sessions.send_queue);
+    let stream = WireStream::new(wire.clone());
+    let config = Some(sessions.websocket_config());
+    let mut ws = if early.is_empty() {
+        WebSocketStream::from_raw_socket(stream, Role::Server, config).await
+    } else {
+        WebSocketStream::from_partially_read(stream, early, Role::Server, config).await
+    };
     let who = match auth {
         Ok(who) => who,
         Err(e) => {
@@ -139,8 +146,8 @@ pub async fn run<S>(
         }
     };
     let hub = &sessions.hub;
-    let outbox = Arc::new(Outbox::new(sessions.send_queue));
-    let mut registration = match hub.register(&who, outbox.clone()) {
+    let delivered = &hub.stats().messages_delivered;
+    let mut registration = match hub.register(&who, wire.clone()) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
             tracing::info!(reason = "too_many_connections", user = %who.user_id, %ip, "handshake refused");
@@ -155,7 +162,8 @@ pub async fn run<S>(
             return;
         }
     };
-    // Subscribed before the history is read: see `history`.
+    // Subscribed before the history is read: see `history`. Live messages
+    // are held by the wire until CONNECTED and the replay are out.
     if let Some(ready) = registration.ready.take() {
         if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
             tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
@@ -183,17 +191,21 @@ pub async fn run<S>(
         replay.as_ref().map(|r| r.recovered),
         replay.as_ref().map_or(0, |r| r.messages.len()),
     );
-    let mut dedupe = None;
-    let mut opened = ws.send(Message::Text(hello)).await;
-    if let (Ok(()), Some(mut replay)) = (&opened, replay) {
-        dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
-        let replayed = replay.messages.len() as u64;
-        hub.stats().replayed_messages.fetch_add(replayed, Relaxed);
-        metrics::counter!("ws_gateway_replayed_messages_total").increment(replayed);
-        opened = write_batch(&mut ws, &mut replay.messages).await;
-    }
-    let end = match opened {
-        Ok(()) => serve(&mut ws, &outbox, &sessions, dedupe).await,
+    let end = match ws.feed(Message::Text(hello)).await {
+        Ok(()) => {
+            let mut dedupe = None;
+            if let Some(replay) = replay {
+                for message in &replay.messages {
+                    wire.send_replayed(message, delivered);
+                }
+                let replayed = replay.messages.len() as u64;
+                hub.stats().replayed_messages.fetch_add(replayed, Relaxed);
+                metrics::counter!("ws_gateway_replayed_messages_total").increment(replayed);
+                dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
+            }
+            wire.release(dedupe, delivered);
+            serve(&mut ws, &wire, &sessions).await
+        }
         Err(_) => End::ClientGone,
     };
     drop(registration);
@@ -224,18 +236,11 @@ impl Sessions {
     }
 }
 
-/// The session loop: relays queued messages, answers the client, keeps the
-/// heartbeat. Returns why it ended, after the close handshake.
-async fn serve<S>(
-    ws: &mut WebSocketStream<S>,
-    outbox: &Outbox,
-    cfg: &Sessions,
-    mut dedupe: Option<Dedupe>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut batch: Vec<Arc<Published>> = Vec::new();
+/// The session loop: flushes what the fan-out could not write at once,
+/// answers the client, keeps the heartbeat. Returns why it ended, after the
+/// close handshake.
+async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
+    let delivered = &cfg.hub.stats().messages_delivered;
     let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
     // One timer for both the ping and the idle deadline: fewer timers to
     // poll on every wake-up, and none to reset on every client frame.
@@ -245,29 +250,26 @@ where
     let mut strikes = 0;
 
     loop {
+        match wire.closed() {
+            Some(CloseReason::SlowConsumer) => {
+                return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer)
+                    .await;
+            }
+            // The close frame goes after everything queued.
+            Some(CloseReason::Shutdown) => {
+                return close_with(ws, close::GOING_AWAY, "server shutting down", End::Shutdown)
+                    .await;
+            }
+            None => {}
+        }
+        let flushing = wire.has_pending();
         tokio::select! {
-            closing = outbox.take(&mut batch) => {
-                if closing == Some(CloseReason::SlowConsumer) {
-                    return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer).await;
-                }
-                history::drop_duplicates(&mut dedupe, &mut batch);
-                let written = batch.len() as u64;
-                let result = tokio::select! {
-                    result = write_batch(ws, &mut batch) => Some(result),
-                    _ = outbox.wait_closed(), if closing.is_none() => None,
-                };
-                match result {
-                    Some(Ok(())) => {
-                        cfg.hub.stats().messages_delivered.fetch_add(written, Relaxed);
-                    }
-                    Some(Err(_)) => return End::ClientGone,
-                    // Closed mid-write: loop to take the close reason.
-                    None => batch.clear(),
-                }
-                if closing == Some(CloseReason::Shutdown) {
-                    return close_with(ws, close::GOING_AWAY, "server shutting down", End::Shutdown).await;
+            flushed = wire.flush(delivered), if flushing => {
+                if flushed.is_err() {
+                    return End::ClientGone;
                 }
             }
+            () = wire.changed() => {}
             incoming = ws.next() => {
                 heartbeat.heard_from_client();
                 match incoming {
@@ -281,7 +283,8 @@ where
                         if strikes >= MAX_STRIKES {
                             return close_with(ws, close::POLICY_VIOLATION, "too many refused messages", End::Abuse).await;
                         }
-                        if ws.send(Message::Text(reply)).await.is_err() {
+                        // Queued in the wire; the loop flushes it.
+                        if ws.feed(Message::Text(reply)).await.is_err() {
                             return End::ClientGone;
                         }
                     }
@@ -309,7 +312,7 @@ where
                     Some(Beat::Idle) => {
                         return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
                     }
-                    Some(Beat::Ping) if ws.send(Message::Ping(Default::default())).await.is_err() => {
+                    Some(Beat::Ping) if ws.feed(Message::Ping(Default::default())).await.is_err() => {
                         return End::ClientGone;
                     }
                     Some(Beat::Ping) | None => {}
@@ -369,20 +372,6 @@ impl Heartbeat {
     }
 }
 
-/// Writes every queued message, then flushes once.
-async fn write_batch<S>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Arc<Published>>,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    for message in batch.drain(..) {
-        ws.feed(Message::Text(message.text.clone())).await?;
-    }
-    ws.flush().await
-}
-
 /// The answer to a client's text message (SPEC §5), and whether the
 /// message was valid.
 fn answer(text: &str) -> (Utf8Bytes, bool) {
@@ -398,10 +387,7 @@ fn answer(text: &str) -> (Utf8Bytes, bool) {
 }
 
 /// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
-async fn refuse<S>(mut ws: WebSocketStream<S>, code: &str, message: &str, close_code: u16)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
     let sent = tokio::time::timeout(
         CLOSE_GRACE,
         ws.send(Message::Text(protocol::error(code, message))),
@@ -414,10 +400,7 @@ where
 
 /// Starts the closing handshake with `code` and waits (bounded) for the
 /// client's reply, so the client reads the code before the socket goes.
-async fn close_with<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str, end: End) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn close_with(ws: &mut Ws, code: u16, reason: &str, end: End) -> End {
     let frame = CloseFrame {
         code: protocol::close_code(code),
         reason: reason.into(),

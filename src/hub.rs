@@ -14,16 +14,18 @@
 //! membership, so the broker ends up subscribed exactly to the wanted set.
 //!
 //! A `std::sync::Mutex` guards the state: every critical section is short
-//! and has no await, and fan-out only pushes into bounded outboxes (it never
-//! writes to a socket), so one slow client never holds the lock.
+//! and has no await. Fan-out decides its recipients under the lock and
+//! writes to them after releasing it (non-blocking writes into bounded
+//! queues), so neither a slow client nor the syscalls delay a connect.
 
 use crate::auth::Identity;
 pub use crate::channel::ConnId;
-use crate::channel::{fan_out, Channel};
+use crate::channel::{Channel, Deliveries};
 use crate::config::RedisConfig;
-use crate::outbox::{lock, CloseReason, Outbox};
+use crate::lock;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
+use crate::wire::{CloseReason, Push, Wire};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -39,6 +41,10 @@ pub struct Hub {
 
 struct Shared {
     state: Mutex<State>,
+    /// Held by whoever delivers (the broker reader, a catch-up), so that
+    /// deliveries reach the wires in the order the channels decided them.
+    /// Connects and disconnects never take it.
+    fan_out: Mutex<()>,
     /// Wakes the subscriptions task when channels are dirty.
     dirty: Notify,
     names: ChannelNames,
@@ -57,7 +63,7 @@ struct Shared {
 #[derive(Default)]
 struct State {
     /// Every local connection: the broadcast audience.
-    connections: HashMap<ConnId, Arc<Outbox>>,
+    connections: HashMap<ConnId, Arc<Wire>>,
     /// Channels with at least one local member.
     channels: HashMap<Box<str>, Channel>,
     users: usize,
@@ -170,6 +176,7 @@ impl Hub {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
+                fan_out: Mutex::new(()),
                 dirty: Notify::new(),
                 names,
                 max_per_user,
@@ -192,7 +199,7 @@ impl Hub {
     }
 
     /// Adds a connection to its user's and roles' channels.
-    pub fn register(&self, who: &Identity, outbox: Arc<Outbox>) -> Result<Registration, Refused> {
+    pub fn register(&self, who: &Identity, wire: Arc<Wire>) -> Result<Registration, Refused> {
         let names = &self.shared.names;
         let mut channels: Vec<Box<str>> = Vec::with_capacity(1 + who.roles.len());
         channels.push(names.user(&who.user_id).into());
@@ -215,7 +222,7 @@ impl Hub {
         if user_count == 0 {
             state.users += 1;
         }
-        state.connections.insert(id, outbox.clone());
+        state.connections.insert(id, wire.clone());
         let mut all_confirmed = true;
         for name in &channels {
             let channel = match state.channels.get_mut(name) {
@@ -228,7 +235,7 @@ impl Hub {
                         .or_insert_with(|| Channel::new(crate::publish::unix_millis()))
                 }
             };
-            channel.members.insert(id, outbox.clone());
+            channel.members.insert(id, wire.clone());
             all_confirmed &= channel.confirmed;
         }
         let ready = if all_confirmed {
@@ -294,23 +301,41 @@ impl Hub {
                 return;
             }
         };
-        let mut state = lock(&self.shared.state);
-        let overflowed = if channel == self.shared.names.broadcast {
-            fan_out(state.connections.values(), &message)
-        } else {
-            state
-                .channels
-                .get_mut(channel)
-                .map_or(0, |c| c.relay(&message))
+        let _in_order = lock(&self.shared.fan_out);
+        let mut messages = Deliveries::new();
+        let recipients: Vec<Arc<Wire>> = {
+            let mut state = lock(&self.shared.state);
+            let state = &mut *state;
+            if channel == self.shared.names.broadcast {
+                messages.push(message);
+                state.connections.values().cloned().collect()
+            } else if let Some(entry) = state.channels.get_mut(channel) {
+                entry.relay(&message, &mut messages);
+                if messages.is_empty() {
+                    return;
+                }
+                entry.members.values().cloned().collect()
+            } else {
+                return;
+            }
         };
-        drop(state);
-        self.count_overflows(overflowed);
+        self.deliver(&messages, &recipients);
     }
 
-    fn count_overflows(&self, overflowed: u64) {
+    /// Writes (or queues) each message to each recipient, outside the hub's
+    /// lock: a connect or disconnect never waits for a fan-out's syscalls.
+    fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>]) {
+        let stats = &self.shared.stats;
+        let mut overflowed = 0;
+        for message in messages {
+            for wire in recipients {
+                if wire.deliver(message, &stats.messages_delivered) == Push::Overflowed {
+                    overflowed += 1;
+                }
+            }
+        }
         if overflowed > 0 {
-            self.shared
-                .stats
+            stats
                 .slow_consumer_disconnects
                 .fetch_add(overflowed, Relaxed);
         }
@@ -329,13 +354,18 @@ impl Hub {
 
     /// Ends a channel's recovery with its history (`None`: unreadable).
     pub fn catch_up(&self, channel: &str, history: Option<Vec<Arc<Published>>>) {
-        let mut state = lock(&self.shared.state);
-        let Some(entry) = state.channels.get_mut(channel) else {
-            return;
+        let _in_order = lock(&self.shared.fan_out);
+        let mut messages = Deliveries::new();
+        let (missed, recipients) = {
+            let mut state = lock(&self.shared.state);
+            let Some(entry) = state.channels.get_mut(channel) else {
+                return;
+            };
+            let missed = entry.catch_up(history.as_deref(), &mut messages);
+            let recipients: Vec<Arc<Wire>> = entry.members.values().cloned().collect();
+            (missed, recipients)
         };
-        let (missed, overflowed) = entry.catch_up(history.as_deref());
-        drop(state);
-        self.count_overflows(overflowed);
+        self.deliver(&messages, &recipients);
         if missed > 0 {
             self.shared
                 .stats
@@ -460,19 +490,19 @@ impl Hub {
     /// hit the other instances all at once.
     pub async fn drain(&self, window: Duration) {
         const STEP: Duration = Duration::from_millis(100);
-        let outboxes: Vec<Arc<Outbox>> = {
+        let wires: Vec<Arc<Wire>> = {
             let mut state = lock(&self.shared.state);
             state.draining = true;
             state.connections.values().cloned().collect()
         };
         let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
-        let per_step = outboxes.len().div_ceil(steps).max(1);
-        for (i, chunk) in outboxes.chunks(per_step).enumerate() {
+        let per_step = wires.len().div_ceil(steps).max(1);
+        for (i, chunk) in wires.chunks(per_step).enumerate() {
             if i > 0 {
                 tokio::time::sleep(STEP).await;
             }
-            for outbox in chunk {
-                outbox.close(CloseReason::Shutdown);
+            for wire in chunk {
+                wire.close(CloseReason::Shutdown);
             }
         }
     }
@@ -523,16 +553,38 @@ mod tests {
         }
     }
 
-    fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(8))
+    /// A wire over a loopback socket pair, released (not holding), and the
+    /// client end.
+    async fn wire() -> (Arc<Wire>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (server, client) = tokio::join!(listener.accept(), client);
+        let wire = Wire::new(server.unwrap().0, 8);
+        wire.release(None, &AtomicU64::new(0));
+        (wire, client.unwrap())
     }
 
-    #[test]
-    fn membership_is_reference_counted() {
+    /// Reads `n` small unmasked text frames.
+    async fn texts(client: &mut tokio::net::TcpStream, n: usize) -> Vec<String> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut header = [0u8; 2];
+            client.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[0], 0x81, "a final text frame");
+            let mut payload = vec![0u8; usize::from(header[1])];
+            client.read_exact(&mut payload).await.unwrap();
+            out.push(String::from_utf8(payload).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn membership_is_reference_counted() {
         let hub = hub(16);
         hub.take_pending();
-        let a = hub.register(&who("42", &["ops"]), outbox()).unwrap();
-        let b = hub.register(&who("42", &[]), outbox()).unwrap();
+        let a = hub.register(&who("42", &["ops"]), wire().await.0).unwrap();
+        let b = hub.register(&who("42", &[]), wire().await.0).unwrap();
         assert!(hub.wants("ws:user:42") && hub.wants("ws:role:ops"));
         let pending = hub.take_pending();
         assert_eq!(pending.dirty.len(), 2);
@@ -545,37 +597,40 @@ mod tests {
         assert!(hub.take_pending().dirty.contains("ws:user:42"));
     }
 
-    #[test]
-    fn per_user_limit() {
+    #[tokio::test]
+    async fn per_user_limit() {
         let hub = hub(2);
-        let _a = hub.register(&who("1", &[]), outbox()).unwrap();
-        let _b = hub.register(&who("1", &[]), outbox()).unwrap();
+        let _a = hub.register(&who("1", &[]), wire().await.0).unwrap();
+        let _b = hub.register(&who("1", &[]), wire().await.0).unwrap();
         assert_eq!(
-            hub.register(&who("1", &[]), outbox()).err(),
+            hub.register(&who("1", &[]), wire().await.0).err(),
             Some(Refused::TooManyConnections)
         );
-        assert!(hub.register(&who("2", &[]), outbox()).is_ok());
+        assert!(hub.register(&who("2", &[]), wire().await.0).is_ok());
     }
 
-    #[test]
-    fn dispatch_routes_and_shares_bytes() {
+    #[tokio::test]
+    async fn dispatch_routes_and_forwards_the_bytes() {
         let hub = hub(16);
-        let (u42, u43, ops) = (outbox(), outbox(), outbox());
-        let _r1 = hub.register(&who("42", &[]), u42.clone()).unwrap();
-        let _r2 = hub.register(&who("43", &[]), u43.clone()).unwrap();
-        let _r3 = hub.register(&who("44", &["ops"]), ops.clone()).unwrap();
+        let ((w42, mut c42), (w43, mut c43), (wops, mut cops)) =
+            (wire().await, wire().await, wire().await);
+        let _r1 = hub.register(&who("42", &[]), w42).unwrap();
+        let _r2 = hub.register(&who("43", &[]), w43).unwrap();
+        let _r3 = hub.register(&who("44", &["ops"]), wops).unwrap();
         hub.dispatch("ws:user:42", Bytes::from_static(br#"{"type":"A"}"#));
         hub.dispatch("ws:role:ops", Bytes::from_static(br#"{"type":"B"}"#));
-        hub.dispatch("ws:broadcast", Bytes::from_static(br#"{"type":"C"}"#));
         hub.dispatch("ws:user:42", Bytes::from_static(b"nope"));
-        let drain = |o: &Outbox| {
-            let mut batch = Vec::new();
-            futures_util::FutureExt::now_or_never(o.take(&mut batch));
-            batch.iter().map(|m| m.text.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(drain(&u42), vec![r#"{"type":"A"}"#, r#"{"type":"C"}"#]);
-        assert_eq!(drain(&u43), vec![r#"{"type":"C"}"#]);
-        assert_eq!(drain(&ops), vec![r#"{"type":"B"}"#, r#"{"type":"C"}"#]);
+        hub.dispatch("ws:broadcast", Bytes::from_static(br#"{"type":"C"}"#));
+        assert_eq!(
+            texts(&mut c42, 2).await,
+            [r#"{"type":"A"}"#, r#"{"type":"C"}"#]
+        );
+        assert_eq!(texts(&mut c43, 1).await, [r#"{"type":"C"}"#]);
+        assert_eq!(
+            texts(&mut cops, 2).await,
+            [r#"{"type":"B"}"#, r#"{"type":"C"}"#]
+        );
         assert_eq!(hub.stats().messages_dropped.load(Relaxed), 1);
+        assert_eq!(hub.stats().messages_delivered.load(Relaxed), 5);
     }
 }

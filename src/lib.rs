@@ -8,7 +8,8 @@
 //! - [`server`]: start-up and shutdown: builds everything below and runs it.
 //! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
 //! - [`connection`]: one client's session: writes, reads, heartbeat, close.
-//! - [`outbox`]: a connection's bounded send queue (slow consumers → 4008).
+//! - [`wire`]: a connection's sending side: direct writes, a bounded queue
+//!   (slow consumers → 4008), and the stream tungstenite reads through.
 //! - [`hub`]: who is connected; channel membership and fan-out.
 //! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
 //! - [`broker`]: Redis (fred) or the embedded in-memory broker.
@@ -16,8 +17,9 @@
 //!   preparation of the canonical publish path.
 //!
 //! A published message flows broker → `Hub::dispatch` (validated once) →
-//! each recipient's `Outbox` (the same bytes, shared) → its connection task,
-//! which writes everything queued with one flush.
+//! each recipient's `Wire` (the same bytes, shared), which writes it to the
+//! socket at once, or queues it for the connection task to flush in a batch
+//! when the socket is full.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -29,9 +31,15 @@ pub mod connection;
 pub mod history;
 pub mod http;
 pub mod hub;
-pub mod outbox;
 pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod shutdown;
 pub mod subscriptions;
+pub mod wire;
+
+/// Locks a mutex, recovering from poisoning: every critical section in this
+/// crate leaves its state consistent, so a panic elsewhere cannot corrupt it.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -4,7 +4,7 @@
 
 use super::{BoxFuture, Broker, BrokerError};
 use crate::hub::Hub;
-use crate::outbox::lock;
+use crate::lock;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;

@@ -16,8 +16,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 /// The subprotocol the server selects when the client offers it.
 const SUBPROTOCOL: &str = "ws-gateway";
@@ -104,31 +102,20 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 return;
             }
         };
-        let config = Some(app.sessions.websocket_config());
         let sessions = app.sessions.clone();
-        // Unwrapped to the TcpStream: hyper's IO wrapper goes with it.
+        // Unwrapped to the TcpStream: the wire writes to it directly.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let io = parts.io.into_inner();
-                // `read_buf` shares hyper's 8 KiB read buffer even when empty:
-                // copy out what the client sent early and release it now,
-                // not when the connection ends.
-                let early = parts.read_buf;
-                let ws = if early.is_empty() {
-                    drop(early);
-                    WebSocketStream::from_raw_socket(io, Role::Server, config).await
-                } else {
-                    let early = early.to_vec();
-                    WebSocketStream::from_partially_read(io, early, Role::Server, config).await
-                };
-                connection::run(ws, auth, since, sessions, ip).await;
+                // `read_buf` shares hyper's 8 KiB read buffer even when
+                // empty: copy out what the client sent early and release it
+                // now, not when the connection ends.
+                let read_buf = parts.read_buf;
+                let early = read_buf.to_vec();
+                drop(read_buf);
+                let socket = parts.io.into_inner();
+                connection::run(socket, early, auth, since, sessions, ip).await;
             }
-            Err(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
-                        .await;
-                connection::run(ws, auth, since, sessions, ip).await;
-            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream; dropped"),
         }
     });
     response

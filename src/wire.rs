@@ -1,0 +1,476 @@
+//! The sending side of one connection: every byte the server writes to a
+//! client goes through its `Wire`, in order.
+//!
+//! Why not let tungstenite write everything? Because then every delivery
+//! would wake the connection's task, and at 10k connections the wake-ups
+//! cost as much CPU as the writes themselves. Instead the fan-out writes a
+//! published message straight to the socket (a non-blocking `writev` of the
+//! frame header and the shared payload: no copy) when nothing is queued for
+//! that client; only when the socket is full does it queue the frame and
+//! wake the session task, which then flushes the whole queue in as few
+//! `writev`s as the socket takes. Low rates get one syscall per delivery and
+//! no wake-up; high rates get batches.
+//!
+//! tungstenite still reads the client's frames and writes the server's
+//! control frames (pongs, pings, replies, close): it sees the socket through
+//! [`WireStream`], whose writes go through the same queue, so they can never
+//! interleave with a published message.
+//!
+//! The state is under a per-connection `std::sync::Mutex`: writes under it
+//! are non-blocking (`try_write`), nothing under it awaits, and only this
+//! connection's own writers ever wait for it.
+
+use crate::history::Dedupe;
+use crate::lock;
+use crate::protocol::Published;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Why the server closes a connection from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue overflowed: close 4008, dropping what is queued.
+    SlowConsumer,
+    /// The instance is shutting down: write what is queued, then close 1001.
+    Shutdown,
+}
+
+/// What happened to a delivered message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Written, queued, held, or dropped as a duplicate of a replay.
+    Queued,
+    /// The queue was full; the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection was already closing.
+    Closed,
+}
+
+/// Chunks written per `writev`.
+const MAX_IOVECS: usize = 64;
+
+pub struct Wire {
+    socket: TcpStream,
+    state: Mutex<State>,
+    /// Wakes the session: bytes are queued, or the wire was closed.
+    notify: Notify,
+}
+
+struct State {
+    /// Bytes accepted and not yet written, oldest first.
+    pending: VecDeque<Chunk>,
+    /// Published messages in `pending` and `held`, against `capacity`.
+    queued: usize,
+    capacity: usize,
+    closed: Option<CloseReason>,
+    /// Live messages waiting until the session has sent CONNECTED and any
+    /// replay; `None` once released.
+    held: Option<Vec<Arc<Published>>>,
+    /// Drops live copies of what a replay sent.
+    dedupe: Option<Box<Dedupe>>,
+}
+
+/// A frame (inline header + shared payload) or raw bytes, and how much of
+/// it is already written.
+struct Chunk {
+    header: [u8; 10],
+    header_len: u8,
+    body: Bytes,
+    written: usize,
+    /// A published message (counts against the queue and as a delivery).
+    message: bool,
+}
+
+impl Chunk {
+    fn text_frame(payload: Bytes) -> Self {
+        let (header, header_len) = text_header(payload.len());
+        Chunk {
+            header,
+            header_len,
+            body: payload,
+            written: 0,
+            message: true,
+        }
+    }
+
+    fn raw(bytes: &[u8]) -> Self {
+        Chunk {
+            header: [0; 10],
+            header_len: 0,
+            body: Bytes::copy_from_slice(bytes),
+            written: 0,
+            message: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_len) + self.body.len()
+    }
+
+    /// The unwritten parts, as at most two slices.
+    fn unwritten(&self) -> [&[u8]; 2] {
+        let header = &self.header[..usize::from(self.header_len)];
+        if self.written < header.len() {
+            [&header[self.written..], &self.body]
+        } else {
+            [&[], &self.body[self.written - header.len()..]]
+        }
+    }
+}
+
+/// The header of an unmasked server text frame (RFC 6455 §5.2).
+fn text_header(len: usize) -> ([u8; 10], u8) {
+    let mut h = [0u8; 10];
+    h[0] = 0x81; // FIN + text
+    let n = match len {
+        0..=125 => {
+            h[1] = len as u8;
+            2
+        }
+        126..=0xffff => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (h, n)
+}
+
+/// What a write attempt under the lock achieved.
+enum Flushed {
+    All,
+    Blocked,
+}
+
+impl State {
+    /// Writes queued chunks until done or the socket is full; counts the
+    /// messages completed in `delivered`.
+    fn write_pending(&mut self, socket: &TcpStream, delivered: &AtomicU64) -> io::Result<Flushed> {
+        while !self.pending.is_empty() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_IOVECS);
+            for chunk in self.pending.iter().take(MAX_IOVECS) {
+                for part in chunk.unwritten() {
+                    if !part.is_empty() {
+                        slices.push(IoSlice::new(part));
+                    }
+                }
+            }
+            let mut n = match socket.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) => return Err(e),
+            };
+            drop(slices);
+            while n > 0 {
+                let Some(front) = self.pending.front_mut() else {
+                    break;
+                };
+                let left = front.len() - front.written;
+                if n < left {
+                    front.written += n;
+                    break;
+                }
+                n -= left;
+                if front.message {
+                    self.queued -= 1;
+                    delivered.fetch_add(1, Relaxed);
+                }
+                self.pending.pop_front();
+            }
+        }
+        Ok(Flushed::All)
+    }
+
+    /// Queues a chunk, or writes it at once when nothing is queued. Returns
+    /// true when the session must be woken to flush.
+    fn send(&mut self, socket: &TcpStream, chunk: Chunk, delivered: &AtomicU64) -> bool {
+        let was_empty = self.pending.is_empty();
+        if chunk.message {
+            self.queued += 1;
+        }
+        self.pending.push_back(chunk);
+        if !was_empty {
+            return false;
+        }
+        match self.write_pending(socket, delivered) {
+            Ok(Flushed::All) => false,
+            // Blocked, or failed: the session finds out when it flushes.
+            Ok(Flushed::Blocked) | Err(_) => true,
+        }
+    }
+
+    /// Sends a live message, unless held, a duplicate, or over capacity.
+    fn deliver(
+        &mut self,
+        socket: &TcpStream,
+        message: &Arc<Published>,
+        delivered: &AtomicU64,
+    ) -> (Push, bool) {
+        if self.closed.is_some() {
+            return (Push::Closed, false);
+        }
+        if self.queued >= self.capacity {
+            self.overflow();
+            return (Push::Overflowed, true);
+        }
+        if let Some(held) = &mut self.held {
+            held.push(message.clone());
+            self.queued += 1;
+            return (Push::Queued, false);
+        }
+        if let Some(dedupe) = &mut self.dedupe {
+            let duplicate = dedupe.is_duplicate(message);
+            if dedupe.finished() {
+                self.dedupe = None;
+            }
+            if duplicate {
+                return (Push::Queued, false);
+            }
+        }
+        let wake = self.send(socket, Chunk::text_frame(message.bytes.clone()), delivered);
+        (Push::Queued, wake)
+    }
+
+    /// A slow consumer: drop what is queued (but finish a frame already
+    /// started, or the stream would be corrupt) and close.
+    fn overflow(&mut self) {
+        self.closed = Some(CloseReason::SlowConsumer);
+        let started = self.pending.front().is_some_and(|c| c.written > 0);
+        self.pending.truncate(usize::from(started));
+        if let Some(front) = self.pending.front_mut() {
+            front.message = false;
+        }
+        self.held = None;
+        self.queued = 0;
+    }
+}
+
+impl Wire {
+    /// `capacity`: published messages queued before the client counts as a
+    /// slow consumer. Live messages are held until [`Wire::release`].
+    pub fn new(socket: TcpStream, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            socket,
+            state: Mutex::new(State {
+                // Allocated on first use: an idle connection costs nothing here.
+                pending: VecDeque::new(),
+                queued: 0,
+                capacity,
+                closed: None,
+                held: Some(Vec::new()),
+                dedupe: None,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Fan-out: sends one live message without waiting.
+    pub fn deliver(&self, message: &Arc<Published>, delivered: &AtomicU64) -> Push {
+        let (push, wake) = lock(&self.state).deliver(&self.socket, message, delivered);
+        if wake {
+            self.notify.notify_one();
+        }
+        push
+    }
+
+    /// Sends a replayed message now, ahead of the held live ones.
+    pub fn send_replayed(&self, message: &Published, delivered: &AtomicU64) {
+        let chunk = Chunk::text_frame(message.bytes.clone());
+        if lock(&self.state).send(&self.socket, chunk, delivered) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Ends the hold: live messages flow, minus those `dedupe` says were
+    /// replayed.
+    pub fn release(&self, dedupe: Option<Dedupe>, delivered: &AtomicU64) {
+        let mut state = lock(&self.state);
+        let held = state.held.take().unwrap_or_default();
+        state.queued -= held.len().min(state.queued);
+        state.dedupe = dedupe.map(Box::new);
+        let mut wake = false;
+        for message in &held {
+            wake |= state.deliver(&self.socket, message, delivered).1;
+        }
+        drop(state);
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Closes from outside the session (shutdown); it sees it on its next wake.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = lock(&self.state);
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    pub fn closed(&self) -> Option<CloseReason> {
+        lock(&self.state).closed
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.state).pending.is_empty()
+    }
+
+    /// Resolves when something changed: bytes queued, or the wire closed.
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    /// Writes everything queued.
+    pub fn poll_flush(&self, cx: &mut Context<'_>, delivered: &AtomicU64) -> Poll<io::Result<()>> {
+        loop {
+            match lock(&self.state).write_pending(&self.socket, delivered)? {
+                Flushed::All => return Poll::Ready(Ok(())),
+                Flushed::Blocked => ready!(self.socket.poll_write_ready(cx))?,
+            }
+        }
+    }
+
+    pub async fn flush(&self, delivered: &AtomicU64) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx, delivered)).await
+    }
+}
+
+/// The connection as tungstenite sees it: reads from the socket, writes
+/// through the wire's queue.
+pub struct WireStream {
+    wire: Arc<Wire>,
+    /// Control frames are not deliveries; their count goes nowhere.
+    uncounted: AtomicU64,
+}
+
+impl WireStream {
+    pub fn new(wire: Arc<Wire>) -> Self {
+        Self {
+            wire,
+            uncounted: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AsyncRead for WireStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let socket = &self.wire.socket;
+        loop {
+            ready!(socket.poll_read_ready(cx))?;
+            match socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was cleared; poll again to register the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WireStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Accepted whole into the queue (written at once if it is empty);
+        // control frames are small and few.
+        let wire = &self.wire;
+        if lock(&wire.state).send(&wire.socket, Chunk::raw(buf), &self.uncounted) {
+            wire.notify.notify_one();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.wire.poll_flush(cx, &self.uncounted)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::validate_published;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (server, client) = tokio::join!(listener.accept(), client);
+        (server.unwrap().0, client.unwrap())
+    }
+
+    fn message(text: &str) -> Arc<Published> {
+        Arc::new(validate_published(Bytes::from(text.to_string())).unwrap())
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(&text_header(5).0[..2], &[0x81, 5]);
+        assert_eq!(&text_header(300).0[..4], &[0x81, 126, 1, 44]);
+        let (h, n) = text_header(70_000);
+        assert_eq!((h[1], n), (127, 10));
+    }
+
+    #[tokio::test]
+    async fn held_messages_follow_the_replay_in_order() {
+        let (server, mut client) = pair().await;
+        let delivered = AtomicU64::new(0);
+        let wire = Wire::new(server, 16);
+        wire.deliver(&message(r#"{"type":"LIVE","id":"2"}"#), &delivered);
+        wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#), &delivered);
+        wire.release(None, &delivered);
+        wire.flush(&delivered).await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 2 * 2 + 22 + 23 {
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        let old = text.find("OLD").unwrap();
+        let live = text.find("LIVE").unwrap();
+        assert!(old < live, "replay first: {text:?}");
+        assert_eq!(delivered.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_as_slow_consumer() {
+        let (server, _client) = pair().await;
+        let delivered = AtomicU64::new(0);
+        let wire = Wire::new(server, 2);
+        let m = message(r#"{"type":"X"}"#);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Overflowed);
+        assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(wire.deliver(&m, &delivered), Push::Closed);
+    }
+}
