@@ -25,7 +25,7 @@ use crate::config::RedisConfig;
 use crate::lock;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
-use crate::wire::{CloseReason, Push, Wire};
+use crate::wire::{CloseReason, Push, Send, Wire};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -286,8 +286,8 @@ impl Hub {
 
     /// Relays a message that arrived on `channel` to every local member.
     /// Called by the broker's reader for each message, without waiting on
-    /// any client.
-    pub fn dispatch(&self, channel: &str, payload: Bytes) {
+    /// any client; `how` says whether it may write directly (see `Send`).
+    pub fn dispatch(&self, channel: &str, payload: Bytes, how: Send) {
         if channel == self.shared.names.canary {
             return self.canary_echoed(&payload);
         }
@@ -319,17 +319,17 @@ impl Hub {
                 return;
             }
         };
-        self.deliver(&messages, &recipients);
+        self.deliver(&messages, &recipients, how);
     }
 
     /// Writes (or queues) each message to each recipient, outside the hub's
     /// lock: a connect or disconnect never waits for a fan-out's syscalls.
-    fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>]) {
+    fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>], how: Send) {
         let stats = &self.shared.stats;
         let mut overflowed = 0;
         for message in messages {
             for wire in recipients {
-                if wire.deliver(message, &stats.messages_delivered) == Push::Overflowed {
+                if wire.deliver(message, &stats.messages_delivered, how) == Push::Overflowed {
                     overflowed += 1;
                 }
             }
@@ -365,7 +365,7 @@ impl Hub {
             let recipients: Vec<Arc<Wire>> = entry.members.values().cloned().collect();
             (missed, recipients)
         };
-        self.deliver(&messages, &recipients);
+        self.deliver(&messages, &recipients, Send::Batched);
         if missed > 0 {
             self.shared
                 .stats
@@ -617,10 +617,22 @@ mod tests {
         let _r1 = hub.register(&who("42", &[]), w42).unwrap();
         let _r2 = hub.register(&who("43", &[]), w43).unwrap();
         let _r3 = hub.register(&who("44", &["ops"]), wops).unwrap();
-        hub.dispatch("ws:user:42", Bytes::from_static(br#"{"type":"A"}"#));
-        hub.dispatch("ws:role:ops", Bytes::from_static(br#"{"type":"B"}"#));
-        hub.dispatch("ws:user:42", Bytes::from_static(b"nope"));
-        hub.dispatch("ws:broadcast", Bytes::from_static(br#"{"type":"C"}"#));
+        hub.dispatch(
+            "ws:user:42",
+            Bytes::from_static(br#"{"type":"A"}"#),
+            Send::Direct,
+        );
+        hub.dispatch(
+            "ws:role:ops",
+            Bytes::from_static(br#"{"type":"B"}"#),
+            Send::Direct,
+        );
+        hub.dispatch("ws:user:42", Bytes::from_static(b"nope"), Send::Direct);
+        hub.dispatch(
+            "ws:broadcast",
+            Bytes::from_static(br#"{"type":"C"}"#),
+            Send::Direct,
+        );
         assert_eq!(
             texts(&mut c42, 2).await,
             [r#"{"type":"A"}"#, r#"{"type":"C"}"#]

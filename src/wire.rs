@@ -54,6 +54,18 @@ pub enum Push {
     Closed,
 }
 
+/// How the fan-out hands a message to a wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Send {
+    /// Write it now if nothing is queued: one syscall, no wake-up. For when
+    /// the dispatcher has nothing else waiting.
+    Direct,
+    /// Only queue it and wake the session, which writes the whole queue in
+    /// one `writev`: when more messages are already waiting, batches across
+    /// all cores beat one syscall per delivery on the dispatcher's.
+    Batched,
+}
+
 /// Chunks written per `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -195,16 +207,16 @@ impl State {
         Ok(Flushed::All)
     }
 
-    /// Queues a chunk, or writes it at once when nothing is queued. Returns
-    /// true when the session must be woken to flush.
-    fn send(&mut self, socket: &TcpStream, chunk: Chunk, delivered: &AtomicU64) -> bool {
+    /// Queues a chunk, or writes it at once when nothing is queued and
+    /// `how` allows. Returns true when the session must be woken to flush.
+    fn send(&mut self, socket: &TcpStream, chunk: Chunk, delivered: &AtomicU64, how: Send) -> bool {
         let was_empty = self.pending.is_empty();
         if chunk.message {
             self.queued += 1;
         }
         self.pending.push_back(chunk);
-        if !was_empty {
-            return false;
+        if !was_empty || how == Send::Batched {
+            return was_empty;
         }
         match self.write_pending(socket, delivered) {
             Ok(Flushed::All) => false,
@@ -219,6 +231,7 @@ impl State {
         socket: &TcpStream,
         message: &Arc<Published>,
         delivered: &AtomicU64,
+        how: Send,
     ) -> (Push, bool) {
         if self.closed.is_some() {
             return (Push::Closed, false);
@@ -241,7 +254,12 @@ impl State {
                 return (Push::Queued, false);
             }
         }
-        let wake = self.send(socket, Chunk::text_frame(message.bytes.clone()), delivered);
+        let wake = self.send(
+            socket,
+            Chunk::text_frame(message.bytes.clone()),
+            delivered,
+            how,
+        );
         (Push::Queued, wake)
     }
 
@@ -279,8 +297,8 @@ impl Wire {
     }
 
     /// Fan-out: sends one live message without waiting.
-    pub fn deliver(&self, message: &Arc<Published>, delivered: &AtomicU64) -> Push {
-        let (push, wake) = lock(&self.state).deliver(&self.socket, message, delivered);
+    pub fn deliver(&self, message: &Arc<Published>, delivered: &AtomicU64, how: Send) -> Push {
+        let (push, wake) = lock(&self.state).deliver(&self.socket, message, delivered, how);
         if wake {
             self.notify.notify_one();
         }
@@ -290,7 +308,7 @@ impl Wire {
     /// Sends a replayed message now, ahead of the held live ones.
     pub fn send_replayed(&self, message: &Published, delivered: &AtomicU64) {
         let chunk = Chunk::text_frame(message.bytes.clone());
-        if lock(&self.state).send(&self.socket, chunk, delivered) {
+        if lock(&self.state).send(&self.socket, chunk, delivered, Send::Direct) {
             self.notify.notify_one();
         }
     }
@@ -304,7 +322,9 @@ impl Wire {
         state.dedupe = dedupe.map(Box::new);
         let mut wake = false;
         for message in &held {
-            wake |= state.deliver(&self.socket, message, delivered).1;
+            wake |= state
+                .deliver(&self.socket, message, delivered, Send::Direct)
+                .1;
         }
         drop(state);
         if wake {
@@ -398,7 +418,7 @@ impl AsyncWrite for WireStream {
         // Accepted whole into the queue (written at once if it is empty);
         // control frames are small and few.
         let wire = &self.wire;
-        if lock(&wire.state).send(&wire.socket, Chunk::raw(buf), &self.uncounted) {
+        if lock(&wire.state).send(&wire.socket, Chunk::raw(buf), &self.uncounted, Send::Direct) {
             wire.notify.notify_one();
         }
         Poll::Ready(Ok(buf.len()))
@@ -444,7 +464,11 @@ mod tests {
         let (server, mut client) = pair().await;
         let delivered = AtomicU64::new(0);
         let wire = Wire::new(server, 16);
-        wire.deliver(&message(r#"{"type":"LIVE","id":"2"}"#), &delivered);
+        wire.deliver(
+            &message(r#"{"type":"LIVE","id":"2"}"#),
+            &delivered,
+            Send::Direct,
+        );
         wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#), &delivered);
         wire.release(None, &delivered);
         wire.flush(&delivered).await.unwrap();
@@ -467,10 +491,13 @@ mod tests {
         let delivered = AtomicU64::new(0);
         let wire = Wire::new(server, 2);
         let m = message(r#"{"type":"X"}"#);
-        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
-        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
-        assert_eq!(wire.deliver(&m, &delivered), Push::Overflowed);
+        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Queued);
+        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Queued);
+        assert_eq!(
+            wire.deliver(&m, &delivered, Send::Batched),
+            Push::Overflowed
+        );
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
-        assert_eq!(wire.deliver(&m, &delivered), Push::Closed);
+        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Closed);
     }
 }

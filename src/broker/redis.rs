@@ -12,6 +12,7 @@
 
 use super::{BoxFuture, Broker, BrokerError};
 use crate::hub::Hub;
+use crate::wire::Send;
 use bytes::Bytes;
 use fred::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -151,7 +152,13 @@ fn spawn_reader(subscriber: &Client, hub: Hub) {
                         Value::Bytes(b) => b,
                         _ => Bytes::new(), // not a text payload: dropped by validation
                     };
-                    hub.dispatch(&message.channel, payload);
+                    // With more messages waiting, batch (see `Send`).
+                    let how = if messages.is_empty() {
+                        Send::Direct
+                    } else {
+                        Send::Batched
+                    };
+                    hub.dispatch(&message.channel, payload, how);
                 }
                 Err(RecvError::Lagged(missed)) => {
                     hub.stats().broker_lagged.fetch_add(missed, Relaxed);
