@@ -132,6 +132,11 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_tracing(args.log_format);
+    // One descriptor per client: take the hard limit, as servers usually do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     let mut flags = Vec::new();
     if let Some(listen) = args.listen {
         flags.push(("server", "listen", listen));

@@ -78,11 +78,15 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
     if first != Some(&b'{') {
         return Err(Invalid::NotJsonObjectWithType);
     }
+    // A text frame must be UTF-8, and serde_json does not check the strings
+    // it skips (e.g. inside `data`).
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(Invalid::NotJsonObjectWithType);
+    }
     let envelope: Envelope =
         serde_json::from_slice(&payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
     let id = envelope.id.map(|id| Arc::from(&*id));
     let ts = envelope.ts.as_ref().and_then(Value::as_u64);
-    // serde_json only parses valid UTF-8, so the bytes are a valid text payload.
     Ok(Published {
         bytes: payload,
         id,
@@ -174,6 +178,11 @@ mod tests {
         assert!(!ok(r#"["type"]"#));
         assert!(!ok("not json"));
         assert!(!ok(r#"{"type":"X"} trailing"#));
+        let not_utf8 = Bytes::from_static(b"{\"type\":\"X\",\"data\":\"\xff\"}");
+        assert!(
+            validate_published(not_utf8).is_err(),
+            "a text frame must be UTF-8"
+        );
         let big = format!(
             r#"{{"type":"X","pad":"{}"}}"#,
             "a".repeat(MAX_PUBLISHED_BYTES)

@@ -417,6 +417,9 @@ impl AsyncWrite for WireStream {
     ) -> Poll<io::Result<usize>> {
         // Accepted whole into the queue (written at once if it is empty);
         // control frames are small and few.
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let wire = &self.wire;
         if lock(&wire.state).send(&wire.socket, Chunk::raw(buf), &self.uncounted, Send::Direct) {
             wire.notify.notify_one();

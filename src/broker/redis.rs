@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Messages fred may buffer between its socket reader and our reader task.
-/// Our reader only validates and pushes into outboxes, so it keeps up; the
-/// size covers scheduling hiccups under bursts.
+/// Our reader never waits on a client (it writes without blocking, or only
+/// queues when behind), so it keeps up; the size covers bursts.
 const MESSAGE_BUFFER: usize = 64 * 1024;
 
 /// How long one Redis command may take before it fails (a publish during an

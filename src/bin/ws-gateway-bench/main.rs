@@ -101,6 +101,9 @@ struct RunArgs {
     /// First run the same traffic against the raw-TCP baseline and report ratios.
     #[arg(long)]
     baseline: bool,
+    /// Record the gateway's RSS this often while publishing (leak checks).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    rss_every: Duration,
     /// A name for the scenario in the output.
     #[arg(long, default_value = "")]
     label: String,
@@ -184,6 +187,8 @@ struct Measured {
     idle_kib_per_connection: f64,
     peak_rss_kib: u64,
     peak_kib_per_connection: f64,
+    /// RSS (KiB) every --rss-every while publishing, first at the start.
+    rss_samples_kib: Vec<u64>,
     published: u64,
     expected: u64,
     received: u64,
@@ -392,13 +397,22 @@ async fn scenario(
 
     // Publish and drain, sampling the peak RSS meanwhile.
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle.rss_kib));
+    let samples = Arc::new(std::sync::Mutex::new(vec![idle.rss_kib]));
     let sampler = {
-        let (peak, pid) = (peak.clone(), pid.to_string());
+        let (peak, samples, pid) = (peak.clone(), samples.clone(), pid.to_string());
+        let every = args.rss_every.max(Duration::from_millis(250));
         tokio::spawn(async move {
+            let mut last_sample = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 if let Some(s) = procstat::sample(&pid) {
                     peak.fetch_max(s.rss_kib, Relaxed);
+                    if last_sample.elapsed() >= every {
+                        last_sample = Instant::now();
+                        if let Ok(mut v) = samples.lock() {
+                            v.push(s.rss_kib);
+                        }
+                    }
                 }
             }
         })
@@ -449,6 +463,7 @@ async fn scenario(
         idle_kib_per_connection: per_conn(idle.rss_kib),
         peak_rss_kib: peak_rss,
         peak_kib_per_connection: per_conn(peak_rss),
+        rss_samples_kib: samples.lock().map(|v| v.clone()).unwrap_or_default(),
         published,
         expected,
         received,
