@@ -101,28 +101,35 @@ struct Chunk {
     message: bool,
 }
 
-impl Chunk {
-    fn text_frame(payload: Bytes) -> Self {
-        let (header, header_len) = text_header(payload.len());
+/// What to send: a text frame around a shared payload (a published
+/// message), or raw bytes (tungstenite's control frames and replies).
+#[derive(Clone, Copy)]
+enum Out<'a> {
+    Text(&'a Bytes),
+    Raw(&'a [u8]),
+}
+
+impl Out<'_> {
+    /// The chunk to queue, with `written` bytes already sent.
+    fn into_chunk(self, written: usize) -> Chunk {
+        let (header, header_len, body, message) = match self {
+            Out::Text(payload) => {
+                let (header, header_len) = text_header(payload.len());
+                (header, header_len, payload.clone(), true)
+            }
+            Out::Raw(bytes) => ([0; 10], 0, Bytes::copy_from_slice(bytes), false),
+        };
         Chunk {
             header,
             header_len,
-            body: payload,
-            written: 0,
-            message: true,
+            body,
+            written,
+            message,
         }
     }
+}
 
-    fn raw(bytes: &[u8]) -> Self {
-        Chunk {
-            header: [0; 10],
-            header_len: 0,
-            body: Bytes::copy_from_slice(bytes),
-            written: 0,
-            message: false,
-        }
-    }
-
+impl Chunk {
     fn len(&self) -> usize {
         usize::from(self.header_len) + self.body.len()
     }
@@ -172,21 +179,22 @@ impl State {
     /// messages completed in `delivered`.
     fn write_pending(&mut self, socket: &TcpStream, delivered: &AtomicU64) -> io::Result<Flushed> {
         while !self.pending.is_empty() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_IOVECS);
+            let mut slices = [IoSlice::new(&[]); 2 * MAX_IOVECS];
+            let mut count = 0;
             for chunk in self.pending.iter().take(MAX_IOVECS) {
                 for part in chunk.unwritten() {
                     if !part.is_empty() {
-                        slices.push(IoSlice::new(part));
+                        slices[count] = IoSlice::new(part);
+                        count += 1;
                     }
                 }
             }
-            let mut n = match socket.try_write_vectored(&slices) {
+            let mut n = match socket.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(e) => return Err(e),
             };
-            drop(slices);
             while n > 0 {
                 let Some(front) = self.pending.front_mut() else {
                     break;
@@ -207,22 +215,38 @@ impl State {
         Ok(Flushed::All)
     }
 
-    /// Queues a chunk, or writes it at once when nothing is queued and
-    /// `how` allows. Returns true when the session must be woken to flush.
-    fn send(&mut self, socket: &TcpStream, chunk: Chunk, delivered: &AtomicU64, how: Send) -> bool {
+    /// Writes `out` at once when nothing is queued and `how` allows, else
+    /// (or for what the socket did not take) queues it. Returns true when
+    /// the session must be woken to flush.
+    fn send(&mut self, socket: &TcpStream, out: Out<'_>, delivered: &AtomicU64, how: Send) -> bool {
         let was_empty = self.pending.is_empty();
+        let mut written = 0;
+        if was_empty && how == Send::Direct {
+            // The common case: no queue, no allocation, one syscall.
+            let (header, header_len, body): ([u8; 10], u8, &[u8]) = match out {
+                Out::Text(payload) => {
+                    let (header, len) = text_header(payload.len());
+                    (header, len, payload)
+                }
+                Out::Raw(bytes) => ([0; 10], 0, bytes),
+            };
+            let header = &header[..usize::from(header_len)];
+            let parts = [IoSlice::new(header), IoSlice::new(body)];
+            // A failed write is queued too: the session's flush meets the error.
+            written = socket.try_write_vectored(&parts).unwrap_or(0);
+            if written == header.len() + body.len() {
+                if matches!(out, Out::Text(_)) {
+                    delivered.fetch_add(1, Relaxed);
+                }
+                return false;
+            }
+        }
+        let chunk = out.into_chunk(written);
         if chunk.message {
             self.queued += 1;
         }
         self.pending.push_back(chunk);
-        if !was_empty || how == Send::Batched {
-            return was_empty;
-        }
-        match self.write_pending(socket, delivered) {
-            Ok(Flushed::All) => false,
-            // Blocked, or failed: the session finds out when it flushes.
-            Ok(Flushed::Blocked) | Err(_) => true,
-        }
+        was_empty
     }
 
     /// Sends a live message, unless held, a duplicate, or over capacity.
@@ -254,12 +278,7 @@ impl State {
                 return (Push::Queued, false);
             }
         }
-        let wake = self.send(
-            socket,
-            Chunk::text_frame(message.bytes.clone()),
-            delivered,
-            how,
-        );
+        let wake = self.send(socket, Out::Text(&message.bytes), delivered, how);
         (Push::Queued, wake)
     }
 
@@ -307,8 +326,8 @@ impl Wire {
 
     /// Sends a replayed message now, ahead of the held live ones.
     pub fn send_replayed(&self, message: &Published, delivered: &AtomicU64) {
-        let chunk = Chunk::text_frame(message.bytes.clone());
-        if lock(&self.state).send(&self.socket, chunk, delivered, Send::Direct) {
+        let out = Out::Text(&message.bytes);
+        if lock(&self.state).send(&self.socket, out, delivered, Send::Direct) {
             self.notify.notify_one();
         }
     }
@@ -421,7 +440,7 @@ impl AsyncWrite for WireStream {
             return Poll::Ready(Ok(0));
         }
         let wire = &self.wire;
-        if lock(&wire.state).send(&wire.socket, Chunk::raw(buf), &self.uncounted, Send::Direct) {
+        if lock(&wire.state).send(&wire.socket, Out::Raw(buf), &self.uncounted, Send::Direct) {
             wire.notify.notify_one();
         }
         Poll::Ready(Ok(buf.len()))
