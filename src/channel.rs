@@ -26,8 +26,52 @@ pub type ConnId = u64;
 /// Messages to deliver to a channel's members, in order.
 pub type Deliveries = Vec<Arc<Published>>;
 
+/// The wires a fan-out writes to.
+pub type Recipients = Arc<[Arc<Wire>]>;
+
+/// Connections of a channel (or of the whole instance), with a cached array
+/// of them for fan-out: one `Arc` clone per message instead of one per
+/// recipient. Rebuilt by the first fan-out after a change.
+#[derive(Default)]
+pub struct Members {
+    map: HashMap<ConnId, Arc<Wire>>,
+    snapshot: Option<Recipients>,
+}
+
+impl Members {
+    pub fn insert(&mut self, id: ConnId, wire: Arc<Wire>) {
+        self.map.insert(id, wire);
+        self.snapshot = None;
+    }
+
+    /// Removes a member; false if it was not one.
+    pub fn remove(&mut self, id: ConnId) -> bool {
+        let removed = self.map.remove(&id).is_some();
+        if removed {
+            self.snapshot = None;
+        }
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Everyone, for a fan-out.
+    pub fn recipients(&mut self) -> Recipients {
+        let map = &self.map;
+        self.snapshot
+            .get_or_insert_with(|| map.values().cloned().collect())
+            .clone()
+    }
+}
+
 pub struct Channel {
-    pub members: HashMap<ConnId, Arc<Wire>>,
+    pub members: Members,
     /// True once the broker confirmed the subscription.
     pub confirmed: bool,
     /// The last message relayed here: where a catch-up resumes.
@@ -57,7 +101,7 @@ struct Recovery {
 impl Channel {
     pub fn new(now_ms: u64) -> Self {
         Self {
-            members: HashMap::new(),
+            members: Members::default(),
             confirmed: false,
             position: Position {
                 id: None,

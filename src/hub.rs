@@ -20,7 +20,7 @@
 
 use crate::auth::Identity;
 pub use crate::channel::ConnId;
-use crate::channel::{Channel, Deliveries};
+use crate::channel::{Channel, Deliveries, Members, Recipients};
 use crate::config::RedisConfig;
 use crate::lock;
 use crate::protocol::validate_published;
@@ -63,7 +63,7 @@ struct Shared {
 #[derive(Default)]
 struct State {
     /// Every local connection: the broadcast audience.
-    connections: HashMap<ConnId, Arc<Wire>>,
+    connections: Members,
     /// Channels with at least one local member.
     channels: HashMap<Box<str>, Channel>,
     users: usize,
@@ -260,7 +260,7 @@ impl Hub {
 
     fn unregister(&self, id: ConnId, channels: &[Box<str>]) {
         let mut state = lock(&self.shared.state);
-        if state.connections.remove(&id).is_none() {
+        if !state.connections.remove(id) {
             return;
         }
         let mut emptied = false;
@@ -268,7 +268,7 @@ impl Hub {
             let Some(channel) = state.channels.get_mut(name) else {
                 continue;
             };
-            channel.members.remove(&id);
+            channel.members.remove(id);
             if channel.members.is_empty() {
                 state.channels.remove(name);
                 state.pending.dirty.insert(name.clone());
@@ -303,18 +303,18 @@ impl Hub {
         };
         let _in_order = lock(&self.shared.fan_out);
         let mut messages = Deliveries::new();
-        let recipients: Vec<Arc<Wire>> = {
+        let recipients: Recipients = {
             let mut state = lock(&self.shared.state);
             let state = &mut *state;
             if channel == self.shared.names.broadcast {
                 messages.push(message);
-                state.connections.values().cloned().collect()
+                state.connections.recipients()
             } else if let Some(entry) = state.channels.get_mut(channel) {
                 entry.relay(&message, &mut messages);
                 if messages.is_empty() {
                     return;
                 }
-                entry.members.values().cloned().collect()
+                entry.members.recipients()
             } else {
                 return;
             }
@@ -362,7 +362,7 @@ impl Hub {
                 return;
             };
             let missed = entry.catch_up(history.as_deref(), &mut messages);
-            let recipients: Vec<Arc<Wire>> = entry.members.values().cloned().collect();
+            let recipients = entry.members.recipients();
             (missed, recipients)
         };
         self.deliver(&messages, &recipients, Send::Batched);
@@ -493,7 +493,7 @@ impl Hub {
         let wires: Vec<Arc<Wire>> = {
             let mut state = lock(&self.shared.state);
             state.draining = true;
-            state.connections.values().cloned().collect()
+            state.connections.recipients().to_vec()
         };
         let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
         let per_step = wires.len().div_ceil(steps).max(1);

@@ -239,7 +239,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         if args.publish != Publish::Broadcast {
             return Err("--baseline compares broadcast fan-out; use --publish broadcast".into());
         }
-        let server = RawServer::start(&args)?;
+        let server = Spawned::raw_server(&args)?;
         let url = format!("ws://{}/ws", server.addr);
         let measured = scenario(&args, users, &url, server.addr, &server.pid, Source::Raw).await;
         drop(server);
@@ -250,7 +250,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
     let (gateway, url, pid) = match &args.spawn {
         Some(bin) => {
-            let g = Gateway::spawn(bin, &args)?;
+            let g = Spawned::gateway(bin, &args)?;
             let url = format!("ws://{}/ws", g.addr);
             let pid = g.pid.clone();
             (Some(g), url, pid)
@@ -605,22 +605,16 @@ fn start_child(mut cmd: Command, what: &str) -> Result<(ChildGuard, SocketAddr),
     Ok((guard, addr))
 }
 
-struct RawServer {
+/// A process under test that this tool started: killed when dropped.
+struct Spawned {
     _child: ChildGuard,
     addr: SocketAddr,
     pid: String,
 }
 
-impl RawServer {
-    fn start(args: &RunArgs) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["raw-server", "--listen", "127.0.0.1:0"])
-            .args(["--connections", &args.connections.to_string()])
-            .args(["--rate", &args.rate.to_string()])
-            .args(["--duration", &format!("{}ms", args.duration.as_millis())])
-            .args(["--payload", &args.payload.to_string()]);
-        let (child, addr) = start_child(cmd, "raw-server")?;
+impl Spawned {
+    fn start(cmd: Command, what: &str) -> Result<Self, String> {
+        let (child, addr) = start_child(cmd, what)?;
         let pid = child.0.id().to_string();
         Ok(Self {
             _child: child,
@@ -628,16 +622,21 @@ impl RawServer {
             pid,
         })
     }
-}
 
-struct Gateway {
-    _child: ChildGuard,
-    addr: SocketAddr,
-    pid: String,
-}
+    /// The raw-TCP baseline, for the same traffic as `args`.
+    fn raw_server(args: &RunArgs) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["raw-server", "--listen", "127.0.0.1:0"])
+            .args(["--connections", &args.connections.to_string()])
+            .args(["--rate", &args.rate.to_string()])
+            .args(["--duration", &format!("{}ms", args.duration.as_millis())])
+            .args(["--payload", &args.payload.to_string()]);
+        Self::start(cmd, "raw-server")
+    }
 
-impl Gateway {
-    fn spawn(bin: &str, args: &RunArgs) -> Result<Self, String> {
+    /// The gateway binary `bin`, on a free port, with limits set for load.
+    fn gateway(bin: &str, args: &RunArgs) -> Result<Self, String> {
         // It runs in a temp dir (no ./gateway.toml), so resolve the path here.
         let bin = std::fs::canonicalize(bin).map_err(|e| format!("--spawn {bin}: {e}"))?;
         let mut cmd = Command::new(bin);
@@ -653,13 +652,7 @@ impl Gateway {
         .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "100000")
         .env("RUST_LOG", "warn,ws_gateway::server=info")
         .current_dir(std::env::temp_dir());
-        let (child, addr) = start_child(cmd, "ws-gateway")?;
-        let pid = child.0.id().to_string();
-        Ok(Self {
-            _child: child,
-            addr,
-            pid,
-        })
+        Self::start(cmd, "ws-gateway")
     }
 }
 
