@@ -7,11 +7,14 @@
 //! - [`auth`]: JWT verification, admin checks, token minting.
 //! - [`server`]: start-up and shutdown: builds everything below and runs it.
 //! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
-//! - [`connection`]: one client's session: writes, reads, heartbeat, close.
+//! - [`connection`]: one client's session: resume, reads, heartbeat, close.
 //! - [`wire`]: a connection's sending side: direct writes, a bounded queue
 //!   (slow consumers → 4008), and the stream tungstenite reads through.
 //! - [`hub`]: who is connected; channel membership and fan-out.
+//! - [`channel`]: one channel's members, position, and catch-up after a
+//!   Redis reconnect; [`history`]: resume without gap or duplicate.
 //! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
+//! - [`canary`]: the delivery round trip behind readiness.
 //! - [`broker`]: Redis (fred) or the embedded in-memory broker.
 //! - [`protocol`]: wire messages and close codes; [`publish`]: the message
 //!   preparation of the canonical publish path.
@@ -19,7 +22,7 @@
 //! A published message flows broker → `Hub::dispatch` (validated once) →
 //! each recipient's `Wire` (the same bytes, shared), which writes it to the
 //! socket at once, or queues it for the connection task to flush in a batch
-//! when the socket is full.
+//! when the socket is full or more messages are waiting.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -244,6 +244,10 @@ impl State {
         let chunk = out.into_chunk(written);
         if chunk.message {
             self.queued += 1;
+        } else if self.pending.len() >= self.capacity && self.closed.is_none() {
+            // A client that sends but never reads piles up our replies:
+            // bounded like published messages.
+            self.overflow();
         }
         self.pending.push_back(chunk);
         was_empty
