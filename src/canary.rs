@@ -10,13 +10,65 @@
 use crate::broker::Broker;
 use crate::hub::Hub;
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the broker's reader and readiness need to know of the canary.
+pub struct Canary {
+    /// The highest sequence number that came back through the broker.
+    echo: watch::Sender<u64>,
+    /// The origin of `ok_ms`.
+    started: Instant,
+    /// When a round trip last completed, in ms since `started`; 0 = never.
+    ok_ms: AtomicU64,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Self {
+            echo: watch::Sender::new(0),
+            started: Instant::now(),
+            ok_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Canary {
+    /// A canary came back through the broker (called by the hub).
+    pub fn echoed(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Echo {
+            seq: u64,
+        }
+        if let Ok(Echo { seq }) = serde_json::from_slice(payload) {
+            self.echo.send_if_modified(|highest| {
+                let newer = seq > *highest;
+                *highest = (*highest).max(seq);
+                newer
+            });
+        }
+    }
+
+    fn returned(&self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.ok_ms.store(now_ms.max(1), Relaxed);
+    }
+
+    /// Whether a round trip completed within `max_age`.
+    pub fn fresh(&self, max_age: Duration) -> bool {
+        let ok_ms = self.ok_ms.load(Relaxed);
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        ok_ms > 0 && now_ms.saturating_sub(ok_ms) <= max_age.as_millis() as u64
+    }
+}
 
 /// Runs until the process ends.
 pub async fn run(hub: Hub, broker: Arc<dyn Broker>, interval: Duration) {
     let channel = hub.names().canary.clone();
-    let mut echoes = hub.canary_echoes();
+    let canary = hub.canary();
+    let mut echoes = canary.echo.subscribe();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
@@ -37,7 +89,7 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, interval: Duration) {
         match tokio::time::timeout(interval, round_trip).await {
             Ok(Ok(())) => {
                 let rtt = sent.elapsed();
-                hub.canary_returned();
+                canary.returned();
                 metrics::histogram!("ws_gateway_canary_round_trip_seconds")
                     .record(rtt.as_secs_f64());
             }

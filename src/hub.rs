@@ -19,6 +19,7 @@
 //! queues), so neither a slow client nor the syscalls delay a connect.
 
 use crate::auth::Identity;
+use crate::canary::Canary;
 pub use crate::channel::ConnId;
 use crate::channel::{Channel, Deliveries, Members, Recipients};
 use crate::config::RedisConfig;
@@ -31,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 
 /// A cheap-to-clone handle to the shared hub.
 #[derive(Clone)]
@@ -54,10 +55,8 @@ struct Shared {
     started: Instant,
     /// When a dropped publish was last logged (ms since start), to rate-limit.
     last_drop_log_ms: AtomicU64,
-    /// The highest canary sequence number that came back.
-    canary_echo: watch::Sender<u64>,
-    /// When a canary last came back (ms since start; 0 = never).
-    canary_ok_ms: AtomicU64,
+    /// Round trips of the delivery canary (SPEC §4).
+    canary: Canary,
 }
 
 #[derive(Default)]
@@ -184,8 +183,7 @@ impl Hub {
                 stats: Stats::default(),
                 started: Instant::now(),
                 last_drop_log_ms: AtomicU64::new(0),
-                canary_echo: watch::Sender::new(0),
-                canary_ok_ms: AtomicU64::new(0),
+                canary: Canary::default(),
             }),
         }
     }
@@ -289,7 +287,7 @@ impl Hub {
     /// any client; `how` says whether it may write directly (see `Send`).
     pub fn dispatch(&self, channel: &str, payload: Bytes, how: Send) {
         if channel == self.shared.names.canary {
-            return self.canary_echoed(&payload);
+            return self.shared.canary.echoed(&payload);
         }
         let stats = &self.shared.stats;
         stats.messages_received.fetch_add(1, Relaxed);
@@ -380,36 +378,9 @@ impl Hub {
         }
     }
 
-    fn canary_echoed(&self, payload: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct Canary {
-            seq: u64,
-        }
-        if let Ok(Canary { seq }) = serde_json::from_slice(payload) {
-            self.shared.canary_echo.send_if_modified(|highest| {
-                let newer = seq > *highest;
-                *highest = (*highest).max(seq);
-                newer
-            });
-        }
-    }
-
-    /// Canary sequence numbers as they come back through the broker.
-    pub fn canary_echoes(&self) -> watch::Receiver<u64> {
-        self.shared.canary_echo.subscribe()
-    }
-
-    /// Records a completed canary round trip.
-    pub fn canary_returned(&self) {
-        let now_ms = self.shared.started.elapsed().as_millis() as u64;
-        self.shared.canary_ok_ms.store(now_ms.max(1), Relaxed);
-    }
-
-    /// Whether a canary came back within `max_age`.
-    pub fn canary_fresh(&self, max_age: Duration) -> bool {
-        let ok_ms = self.shared.canary_ok_ms.load(Relaxed);
-        let now_ms = self.shared.started.elapsed().as_millis() as u64;
-        ok_ms > 0 && now_ms.saturating_sub(ok_ms) <= max_age.as_millis() as u64
+    /// The delivery canary's state.
+    pub fn canary(&self) -> &Canary {
+        &self.shared.canary
     }
 
     fn log_drop(&self, channel: &str, reason: &str) {

@@ -106,7 +106,7 @@ impl App {
 
     fn canary_fresh(&self) -> bool {
         let interval = Duration::from_secs(self.config.redis.canary_interval_secs);
-        self.hub.canary_fresh(3 * interval)
+        self.hub.canary().fresh(3 * interval)
     }
 }
 
