@@ -512,6 +512,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_to_a_client_that_never_reads_are_bounded_too() {
+        use tokio::io::AsyncWriteExt;
+        let (server, _client) = pair().await;
+        let delivered = AtomicU64::new(0);
+        let wire = Wire::new(server, 2);
+        wire.release(None, &delivered);
+        // A queued message keeps the replies behind it in the queue.
+        wire.deliver(&message(r#"{"type":"X"}"#), &delivered, Send::Batched);
+        let mut stream = WireStream::new(wire.clone());
+        stream.write_all(b"pong-1").await.unwrap();
+        assert_eq!(wire.closed(), None);
+        stream.write_all(b"pong-2").await.unwrap();
+        assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
     async fn a_full_queue_closes_as_slow_consumer() {
         let (server, _client) = pair().await;
         let delivered = AtomicU64::new(0);
