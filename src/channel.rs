@@ -128,14 +128,8 @@ impl Channel {
             }
             return;
         }
-        if let Some(dedupe) = &mut self.dedupe {
-            let duplicate = dedupe.is_duplicate(message);
-            if dedupe.finished() {
-                self.dedupe = None;
-            }
-            if duplicate {
-                return;
-            }
+        if history::skip(&mut self.dedupe, message) {
+            return;
         }
         self.advance(message);
         out.push(message.clone());

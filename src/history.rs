@@ -99,15 +99,17 @@ impl Dedupe {
     }
 }
 
-/// Applies an optional filter to a batch of live messages, dropping it once
-/// finished.
-pub fn drop_duplicates(dedupe: &mut Option<Dedupe>, batch: &mut Vec<Arc<Published>>) {
-    if let Some(filter) = dedupe {
-        batch.retain(|m| !filter.is_duplicate(m));
-        if filter.finished() {
-            *dedupe = None;
-        }
+/// Whether a live message is to be skipped as a duplicate of a replay;
+/// drops the filter once it is finished. Call for each live message in order.
+pub fn skip(dedupe: &mut Option<Box<Dedupe>>, message: &Published) -> bool {
+    let Some(filter) = dedupe else {
+        return false;
+    };
+    let duplicate = filter.is_duplicate(message);
+    if filter.finished() {
+        *dedupe = None;
     }
+    duplicate
 }
 
 #[cfg(test)]
@@ -168,13 +170,11 @@ mod tests {
     ) -> (bool, Vec<String>) {
         let replay = after(snapshot, since);
         let mut out = replay.messages.clone();
-        let mut dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
-        // Live messages come in batches of any size; one at a time is the
-        // hardest case for the filter's state.
+        let mut dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW).map(Box::new);
         for m in live {
-            let mut batch = vec![m.clone()];
-            drop_duplicates(&mut dedupe, &mut batch);
-            out.extend(batch);
+            if !skip(&mut dedupe, m) {
+                out.push(m.clone());
+            }
         }
         (replay.recovered, ids(&out))
     }

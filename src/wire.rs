@@ -20,7 +20,7 @@
 //! are non-blocking (`try_write`), nothing under it awaits, and only this
 //! connection's own writers ever wait for it.
 
-use crate::history::Dedupe;
+use crate::history::{self, Dedupe};
 use crate::lock;
 use crate::protocol::Published;
 use bytes::Bytes;
@@ -109,15 +109,24 @@ enum Out<'a> {
     Raw(&'a [u8]),
 }
 
-impl Out<'_> {
-    /// The chunk to queue, with `written` bytes already sent.
-    fn into_chunk(self, written: usize) -> Chunk {
-        let (header, header_len, body, message) = match self {
+impl<'a> Out<'a> {
+    /// The frame header (empty for raw bytes) and the body.
+    fn parts(self) -> ([u8; 10], u8, &'a [u8]) {
+        match self {
             Out::Text(payload) => {
                 let (header, header_len) = text_header(payload.len());
-                (header, header_len, payload.clone(), true)
+                (header, header_len, payload)
             }
-            Out::Raw(bytes) => ([0; 10], 0, Bytes::copy_from_slice(bytes), false),
+            Out::Raw(bytes) => ([0; 10], 0, bytes),
+        }
+    }
+
+    /// The chunk to queue, with `written` bytes already sent.
+    fn into_chunk(self, written: usize) -> Chunk {
+        let (header, header_len, _) = self.parts();
+        let (body, message) = match self {
+            Out::Text(payload) => (payload.clone(), true),
+            Out::Raw(bytes) => (Bytes::copy_from_slice(bytes), false),
         };
         Chunk {
             header,
@@ -223,13 +232,7 @@ impl State {
         let mut written = 0;
         if was_empty && how == Send::Direct {
             // The common case: no queue, no allocation, one syscall.
-            let (header, header_len, body): ([u8; 10], u8, &[u8]) = match out {
-                Out::Text(payload) => {
-                    let (header, len) = text_header(payload.len());
-                    (header, len, payload)
-                }
-                Out::Raw(bytes) => ([0; 10], 0, bytes),
-            };
+            let (header, header_len, body) = out.parts();
             let header = &header[..usize::from(header_len)];
             let parts = [IoSlice::new(header), IoSlice::new(body)];
             // A failed write is queued too: the session's flush meets the error.
@@ -273,14 +276,8 @@ impl State {
             self.queued += 1;
             return (Push::Queued, false);
         }
-        if let Some(dedupe) = &mut self.dedupe {
-            let duplicate = dedupe.is_duplicate(message);
-            if dedupe.finished() {
-                self.dedupe = None;
-            }
-            if duplicate {
-                return (Push::Queued, false);
-            }
+        if history::skip(&mut self.dedupe, message) {
+            return (Push::Queued, false);
         }
         let wake = self.send(socket, Out::Text(&message.bytes), delivered, how);
         (Push::Queued, wake)
