@@ -14,7 +14,7 @@ use ws_gateway::auth::Identity;
 use ws_gateway::config::RedisConfig;
 use ws_gateway::hub::{ChannelNames, Hub, Registration};
 use ws_gateway::protocol::validate_published;
-use ws_gateway::wire::{Send, Wire};
+use ws_gateway::wire::Wire;
 
 /// The per-connection queue size of the default config (`connection.send_queue`).
 const SEND_QUEUE: usize = 1024;
@@ -178,7 +178,7 @@ fn time_dispatch(
         let n = DRAIN_EVERY.min(iters - done);
         let start = Instant::now();
         for _ in 0..n {
-            hub.dispatch(black_box(channel), payload.clone(), Send::Direct);
+            hub.dispatch(black_box(channel), [payload.clone()]);
         }
         total += start.elapsed();
         done += n;

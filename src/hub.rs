@@ -21,12 +21,12 @@
 use crate::auth::Identity;
 use crate::canary::Canary;
 pub use crate::channel::ConnId;
-use crate::channel::{Channel, Deliveries, Members, Recipients};
+use crate::channel::{Channel, Deliveries, Members};
 use crate::config::RedisConfig;
 use crate::lock;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
-use crate::wire::{CloseReason, Push, Send, Wire};
+use crate::wire::{CloseReason, Push, Wire};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -282,54 +282,61 @@ impl Hub {
         }
     }
 
-    /// Relays a message that arrived on `channel` to every local member.
-    /// Called by the broker's reader for each message, without waiting on
-    /// any client; `how` says whether it may write directly (see `Send`).
-    pub fn dispatch(&self, channel: &str, payload: Bytes, how: Send) {
+    /// Relays messages that arrived on `channel`, in order, to every local
+    /// member. Called by the broker's reader with every message of the
+    /// channel that is waiting, without waiting on any client: each member
+    /// gets all of them in one write (see [`wire`](crate::wire)).
+    pub fn dispatch(&self, channel: &str, payloads: impl IntoIterator<Item = Bytes>) {
         if channel == self.shared.names.canary {
-            return self.shared.canary.echoed(&payload);
+            return payloads
+                .into_iter()
+                .for_each(|p| self.shared.canary.echoed(&p));
         }
         let stats = &self.shared.stats;
-        stats.messages_received.fetch_add(1, Relaxed);
-        let message = match validate_published(payload) {
-            Ok(published) => Arc::new(published),
-            Err(invalid) => {
-                stats.messages_dropped.fetch_add(1, Relaxed);
-                self.log_drop(channel, invalid.as_str());
-                return;
+        let mut valid = Deliveries::new();
+        for payload in payloads {
+            stats.messages_received.fetch_add(1, Relaxed);
+            match validate_published(payload) {
+                Ok(published) => valid.push(Arc::new(published)),
+                Err(invalid) => {
+                    stats.messages_dropped.fetch_add(1, Relaxed);
+                    self.log_drop(channel, invalid.as_str());
+                }
             }
-        };
+        }
+        if valid.is_empty() {
+            return;
+        }
         let _in_order = lock(&self.shared.fan_out);
-        let mut messages = Deliveries::new();
-        let recipients: Recipients = {
+        let (messages, recipients) = {
             let mut state = lock(&self.shared.state);
             let state = &mut *state;
             if channel == self.shared.names.broadcast {
-                messages.push(message);
-                state.connections.recipients()
+                (valid, state.connections.recipients())
             } else if let Some(entry) = state.channels.get_mut(channel) {
-                entry.relay(&message, &mut messages);
+                let mut messages = Deliveries::new();
+                for message in &valid {
+                    entry.relay(message, &mut messages);
+                }
                 if messages.is_empty() {
                     return;
                 }
-                entry.members.recipients()
+                (messages, entry.members.recipients())
             } else {
                 return;
             }
         };
-        self.deliver(&messages, &recipients, how);
+        self.deliver(&messages, &recipients);
     }
 
-    /// Writes (or queues) each message to each recipient, outside the hub's
+    /// Writes (or queues) the messages to each recipient, outside the hub's
     /// lock: a connect or disconnect never waits for a fan-out's syscalls.
-    fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>], how: Send) {
+    fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>]) {
         let stats = &self.shared.stats;
         let mut overflowed = 0;
-        for message in messages {
-            for wire in recipients {
-                if wire.deliver(message, &stats.messages_delivered, how) == Push::Overflowed {
-                    overflowed += 1;
-                }
+        for wire in recipients {
+            if wire.deliver(messages, &stats.messages_delivered) == Push::Overflowed {
+                overflowed += 1;
             }
         }
         if overflowed > 0 {
@@ -363,7 +370,7 @@ impl Hub {
             let recipients = entry.members.recipients();
             (missed, recipients)
         };
-        self.deliver(&messages, &recipients, Send::Batched);
+        self.deliver(&messages, &recipients);
         if missed > 0 {
             self.shared
                 .stats
@@ -588,32 +595,28 @@ mod tests {
         let _r1 = hub.register(&who("42", &[]), w42).unwrap();
         let _r2 = hub.register(&who("43", &[]), w43).unwrap();
         let _r3 = hub.register(&who("44", &["ops"]), wops).unwrap();
-        hub.dispatch(
-            "ws:user:42",
-            Bytes::from_static(br#"{"type":"A"}"#),
-            Send::Direct,
-        );
-        hub.dispatch(
-            "ws:role:ops",
-            Bytes::from_static(br#"{"type":"B"}"#),
-            Send::Direct,
-        );
-        hub.dispatch("ws:user:42", Bytes::from_static(b"nope"), Send::Direct);
+        hub.dispatch("ws:user:42", [Bytes::from_static(br#"{"type":"A"}"#)]);
+        hub.dispatch("ws:role:ops", [Bytes::from_static(br#"{"type":"B"}"#)]);
+        hub.dispatch("ws:user:42", [Bytes::from_static(b"nope")]);
+        // Several waiting messages: one write each, in order.
         hub.dispatch(
             "ws:broadcast",
-            Bytes::from_static(br#"{"type":"C"}"#),
-            Send::Direct,
+            [
+                Bytes::from_static(br#"{"type":"C"}"#),
+                Bytes::from_static(b"nope"),
+                Bytes::from_static(br#"{"type":"D"}"#),
+            ],
         );
-        assert_eq!(
-            texts(&mut c42, 2).await,
-            [r#"{"type":"A"}"#, r#"{"type":"C"}"#]
+        let (a, b, c, d) = (
+            r#"{"type":"A"}"#,
+            r#"{"type":"B"}"#,
+            r#"{"type":"C"}"#,
+            r#"{"type":"D"}"#,
         );
-        assert_eq!(texts(&mut c43, 1).await, [r#"{"type":"C"}"#]);
-        assert_eq!(
-            texts(&mut cops, 2).await,
-            [r#"{"type":"B"}"#, r#"{"type":"C"}"#]
-        );
-        assert_eq!(hub.stats().messages_dropped.load(Relaxed), 1);
-        assert_eq!(hub.stats().messages_delivered.load(Relaxed), 5);
+        assert_eq!(texts(&mut c42, 3).await, [a, c, d]);
+        assert_eq!(texts(&mut c43, 2).await, [c, d]);
+        assert_eq!(texts(&mut cops, 3).await, [b, c, d]);
+        assert_eq!(hub.stats().messages_dropped.load(Relaxed), 2);
+        assert_eq!(hub.stats().messages_delivered.load(Relaxed), 8);
     }
 }

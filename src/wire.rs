@@ -3,13 +3,19 @@
 //!
 //! Why not let tungstenite write everything? Because then every delivery
 //! would wake the connection's task, and at 10k connections the wake-ups
-//! cost as much CPU as the writes themselves. Instead the fan-out writes a
-//! published message straight to the socket (a non-blocking `writev` of the
-//! frame header and the shared payload: no copy) when nothing is queued for
-//! that client; only when the socket is full does it queue the frame and
-//! wake the session task, which then flushes the whole queue in as few
-//! `writev`s as the socket takes. Low rates get one syscall per delivery and
-//! no wake-up; high rates get batches.
+//! cost as much CPU as the writes themselves. Instead the fan-out writes
+//! published messages straight to the socket when nothing is queued for
+//! that client: one non-blocking `writev` of the frame headers and the
+//! shared payloads (no copy) for all the messages it has for the client at
+//! once. Only when the socket is full does it queue the rest and wake the
+//! session task, which flushes the queue once the socket is writable.
+//!
+//! The fan-out is handed every message that is waiting when it starts (see
+//! [`Hub::dispatch`](crate::hub::Hub::dispatch)): at low rates that is one
+//! message and one syscall per delivery; the busier the instance, the more
+//! messages arrive while a fan-out is under way, and the more of them the
+//! next one writes per syscall. No wake-up, no queue, no extra copy on
+//! either path.
 //!
 //! tungstenite still reads the client's frames and writes the server's
 //! control frames (pongs, pings, replies, close): it sees the socket through
@@ -54,20 +60,8 @@ pub enum Push {
     Closed,
 }
 
-/// How the fan-out hands a message to a wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Send {
-    /// Write it now if nothing is queued: one syscall, no wake-up. For when
-    /// the dispatcher has nothing else waiting.
-    Direct,
-    /// Only queue it and wake the session, which writes the whole queue in
-    /// one `writev`: when more messages are already waiting, batches across
-    /// all cores beat one syscall per delivery on the dispatcher's.
-    Batched,
-}
-
-/// Chunks written per `writev`.
-const MAX_IOVECS: usize = 64;
+/// Frames written per `writev` (two slices each, far below `IOV_MAX`).
+const MAX_FRAMES: usize = 64;
 
 pub struct Wire {
     socket: TcpStream,
@@ -154,6 +148,10 @@ impl Chunk {
     }
 }
 
+fn text(message: &Arc<Published>) -> Out<'_> {
+    Out::Text(&message.bytes)
+}
+
 /// The header of an unmasked server text frame (RFC 6455 §5.2).
 fn text_header(len: usize) -> ([u8; 10], u8) {
     let mut h = [0u8; 10];
@@ -183,14 +181,65 @@ enum Flushed {
     Blocked,
 }
 
+/// Writes `outs` now, as far as the socket takes them, in `writev`s of up to
+/// [`MAX_FRAMES`] frames. Returns how many were written whole (counting
+/// published ones in `delivered`) and how many bytes of the next one. An
+/// error counts as nothing written: the session's flush meets it.
+fn write_now<'a>(
+    socket: &TcpStream,
+    mut outs: impl Iterator<Item = Out<'a>>,
+    delivered: &AtomicU64,
+) -> (usize, usize) {
+    let mut done = 0;
+    loop {
+        let mut frames = [Out::Raw(&[]); MAX_FRAMES];
+        let mut count = 0;
+        for (slot, out) in frames.iter_mut().zip(outs.by_ref()) {
+            *slot = out;
+            count += 1;
+        }
+        if count == 0 {
+            return (done, 0);
+        }
+        let mut headers = [([0u8; 10], 0u8); MAX_FRAMES];
+        let mut bodies: [&[u8]; MAX_FRAMES] = [&[]; MAX_FRAMES];
+        for (i, frame) in frames[..count].iter().enumerate() {
+            let (header, header_len, body) = frame.parts();
+            headers[i] = (header, header_len);
+            bodies[i] = body;
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+        for i in 0..count {
+            let (header, header_len) = &headers[i];
+            slices[2 * i] = IoSlice::new(&header[..usize::from(*header_len)]);
+            slices[2 * i + 1] = IoSlice::new(bodies[i]);
+        }
+        let mut n = socket.try_write_vectored(&slices[..2 * count]).unwrap_or(0);
+        for i in 0..count {
+            let len = slices[2 * i].len() + slices[2 * i + 1].len();
+            if n < len {
+                return (done, n);
+            }
+            n -= len;
+            done += 1;
+            if matches!(frames[i], Out::Text(_)) {
+                delivered.fetch_add(1, Relaxed);
+            }
+        }
+        if count < MAX_FRAMES {
+            return (done, 0);
+        }
+    }
+}
+
 impl State {
     /// Writes queued chunks until done or the socket is full; counts the
     /// messages completed in `delivered`.
     fn write_pending(&mut self, socket: &TcpStream, delivered: &AtomicU64) -> io::Result<Flushed> {
         while !self.pending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 2 * MAX_IOVECS];
+            let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
             let mut count = 0;
-            for chunk in self.pending.iter().take(MAX_IOVECS) {
+            for chunk in self.pending.iter().take(MAX_FRAMES) {
                 for part in chunk.unwritten() {
                     if !part.is_empty() {
                         slices[count] = IoSlice::new(part);
@@ -224,62 +273,76 @@ impl State {
         Ok(Flushed::All)
     }
 
-    /// Writes `out` at once when nothing is queued and `how` allows, else
-    /// (or for what the socket did not take) queues it. Returns true when
-    /// the session must be woken to flush.
-    fn send(&mut self, socket: &TcpStream, out: Out<'_>, delivered: &AtomicU64, how: Send) -> bool {
+    /// Writes `outs` at once when nothing is queued, and queues what the
+    /// socket did not take (or all of them, behind what is queued). Wakes
+    /// the session (true) when the queue was empty and is not; overflows
+    /// when published messages exceed the capacity.
+    fn send<'a>(
+        &mut self,
+        socket: &TcpStream,
+        outs: impl Iterator<Item = Out<'a>> + Clone,
+        delivered: &AtomicU64,
+    ) -> (Push, bool) {
         let was_empty = self.pending.is_empty();
-        let mut written = 0;
-        if was_empty && how == Send::Direct {
+        let (mut written, mut partial) = (0, 0);
+        if was_empty {
             // The common case: no queue, no allocation, one syscall.
-            let (header, header_len, body) = out.parts();
-            let header = &header[..usize::from(header_len)];
-            let parts = [IoSlice::new(header), IoSlice::new(body)];
-            // A failed write is queued too: the session's flush meets the error.
-            written = socket.try_write_vectored(&parts).unwrap_or(0);
-            if written == header.len() + body.len() {
-                if matches!(out, Out::Text(_)) {
-                    delivered.fetch_add(1, Relaxed);
-                }
-                return false;
+            (written, partial) = write_now(socket, outs.clone(), delivered);
+        }
+        for out in outs.skip(written) {
+            let chunk = out.into_chunk(std::mem::take(&mut partial));
+            // A started frame is always kept: the stream must not break.
+            if chunk.message && chunk.written == 0 && self.queued >= self.capacity {
+                self.overflow();
+                return (Push::Overflowed, true);
             }
+            if chunk.message {
+                self.queued += 1;
+            } else if self.pending.len() >= self.capacity && self.closed.is_none() {
+                // A client that sends but never reads piles up our replies:
+                // bounded like published messages.
+                self.overflow();
+            }
+            self.pending.push_back(chunk);
         }
-        let chunk = out.into_chunk(written);
-        if chunk.message {
-            self.queued += 1;
-        } else if self.pending.len() >= self.capacity && self.closed.is_none() {
-            // A client that sends but never reads piles up our replies:
-            // bounded like published messages.
-            self.overflow();
-        }
-        self.pending.push_back(chunk);
-        was_empty
+        (Push::Queued, was_empty && !self.pending.is_empty())
     }
 
-    /// Sends a live message, unless held, a duplicate, or over capacity.
+    /// Sends live messages in order, minus those held (until the replay is
+    /// sent) and the duplicates of a replay.
     fn deliver(
         &mut self,
         socket: &TcpStream,
-        message: &Arc<Published>,
+        messages: &[Arc<Published>],
         delivered: &AtomicU64,
-        how: Send,
     ) -> (Push, bool) {
         if self.closed.is_some() {
             return (Push::Closed, false);
         }
-        if self.queued >= self.capacity {
-            self.overflow();
-            return (Push::Overflowed, true);
+        if self.held.is_none() && self.dedupe.is_none() {
+            return self.send(socket, messages.iter().map(text), delivered);
         }
-        if let Some(held) = &mut self.held {
-            held.push(message.clone());
-            self.queued += 1;
-            return (Push::Queued, false);
+        // Around a resume: one at a time.
+        let mut wake = false;
+        for message in messages {
+            if let Some(held) = &mut self.held {
+                if self.queued >= self.capacity {
+                    self.overflow();
+                    return (Push::Overflowed, true);
+                }
+                held.push(message.clone());
+                self.queued += 1;
+                continue;
+            }
+            if history::skip(&mut self.dedupe, message) {
+                continue;
+            }
+            let (push, woken) = self.send(socket, std::iter::once(text(message)), delivered);
+            wake |= woken;
+            if push != Push::Queued {
+                return (push, wake);
+            }
         }
-        if history::skip(&mut self.dedupe, message) {
-            return (Push::Queued, false);
-        }
-        let wake = self.send(socket, Out::Text(&message.bytes), delivered, how);
         (Push::Queued, wake)
     }
 
@@ -316,21 +379,18 @@ impl Wire {
         })
     }
 
-    /// Fan-out: sends one live message without waiting.
-    pub fn deliver(&self, message: &Arc<Published>, delivered: &AtomicU64, how: Send) -> Push {
-        let (push, wake) = lock(&self.state).deliver(&self.socket, message, delivered, how);
-        if wake {
-            self.notify.notify_one();
-        }
+    /// Fan-out: sends live messages, in order, without waiting.
+    pub fn deliver(&self, messages: &[Arc<Published>], delivered: &AtomicU64) -> Push {
+        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, delivered);
+        self.wake_if(wake);
         push
     }
 
     /// Sends a replayed message now, ahead of the held live ones.
-    pub fn send_replayed(&self, message: &Published, delivered: &AtomicU64) {
-        let out = Out::Text(&message.bytes);
-        if lock(&self.state).send(&self.socket, out, delivered, Send::Direct) {
-            self.notify.notify_one();
-        }
+    pub fn send_replayed(&self, message: &Arc<Published>, delivered: &AtomicU64) {
+        let out = std::iter::once(text(message));
+        let (_, wake) = lock(&self.state).send(&self.socket, out, delivered);
+        self.wake_if(wake);
     }
 
     /// Ends the hold: live messages flow, minus those `dedupe` says were
@@ -340,13 +400,12 @@ impl Wire {
         let held = state.held.take().unwrap_or_default();
         state.queued -= held.len().min(state.queued);
         state.dedupe = dedupe.map(Box::new);
-        let mut wake = false;
-        for message in &held {
-            wake |= state
-                .deliver(&self.socket, message, delivered, Send::Direct)
-                .1;
-        }
+        let (_, wake) = state.deliver(&self.socket, &held, delivered);
         drop(state);
+        self.wake_if(wake);
+    }
+
+    fn wake_if(&self, wake: bool) {
         if wake {
             self.notify.notify_one();
         }
@@ -441,9 +500,9 @@ impl AsyncWrite for WireStream {
             return Poll::Ready(Ok(0));
         }
         let wire = &self.wire;
-        if lock(&wire.state).send(&wire.socket, Out::Raw(buf), &self.uncounted, Send::Direct) {
-            wire.notify.notify_one();
-        }
+        let out = std::iter::once(Out::Raw(buf));
+        let (_, wake) = lock(&wire.state).send(&wire.socket, out, &self.uncounted);
+        wire.wake_if(wake);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -487,11 +546,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let delivered = AtomicU64::new(0);
         let wire = Wire::new(server, 16);
-        wire.deliver(
-            &message(r#"{"type":"LIVE","id":"2"}"#),
-            &delivered,
-            Send::Direct,
-        );
+        wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)], &delivered);
         wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#), &delivered);
         wire.release(None, &delivered);
         wire.flush(&delivered).await.unwrap();
@@ -513,14 +568,33 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (server, _client) = pair().await;
         let delivered = AtomicU64::new(0);
-        let wire = Wire::new(server, 2);
+        let wire = Wire::new(server, 4);
         wire.release(None, &delivered);
-        // A queued message keeps the replies behind it in the queue.
-        wire.deliver(&message(r#"{"type":"X"}"#), &delivered, Send::Batched);
+        // Fill the socket until a message stays queued; the replies queue
+        // behind it.
+        let big = message(&format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(512 * 1024)
+        ));
+        for _ in 0..256 {
+            if wire.has_pending() {
+                break;
+            }
+            assert_eq!(
+                wire.deliver(std::slice::from_ref(&big), &delivered),
+                Push::Queued
+            );
+        }
+        assert!(wire.has_pending(), "the socket never filled");
         let mut stream = WireStream::new(wire.clone());
-        stream.write_all(b"pong-1").await.unwrap();
-        assert_eq!(wire.closed(), None);
-        stream.write_all(b"pong-2").await.unwrap();
+        for reply in 1..=3 {
+            stream
+                .write_all(format!("pong-{reply}").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(wire.closed(), None);
+        }
+        stream.write_all(b"pong-4").await.unwrap();
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
     }
 
@@ -528,15 +602,13 @@ mod tests {
     async fn a_full_queue_closes_as_slow_consumer() {
         let (server, _client) = pair().await;
         let delivered = AtomicU64::new(0);
+        // Held until release, like a client whose socket takes nothing.
         let wire = Wire::new(server, 2);
-        let m = message(r#"{"type":"X"}"#);
-        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Queued);
-        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Queued);
-        assert_eq!(
-            wire.deliver(&m, &delivered, Send::Batched),
-            Push::Overflowed
-        );
+        let m = [message(r#"{"type":"X"}"#)];
+        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Overflowed);
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
-        assert_eq!(wire.deliver(&m, &delivered, Send::Batched), Push::Closed);
+        assert_eq!(wire.deliver(&m, &delivered), Push::Closed);
     }
 }

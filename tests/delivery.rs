@@ -145,3 +145,68 @@ async fn one_publish_reaches_the_user_on_two_instances() {
     assert_eq!(c2.next_text().await, msg, "instance 2, first connection");
     assert_eq!(c2b.next_text().await, msg, "instance 2, second connection");
 }
+
+/// Messages that wait in the gateway's Redis reader while a fan-out is under
+/// way are written together: a pipelined burst of runs on interleaved
+/// channels, with invalid payloads in between, must still arrive complete
+/// and in order on each channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_interleaved_channels_arrives_whole_and_in_order() {
+    const ROUNDS: usize = 100;
+    const RUN: usize = 5;
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut a = gw.user("42", &[]).await;
+    let mut b = gw.user("43", &[]).await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    redis.wait_numsub("ws:user:43", 1).await;
+    redis.wait_deliverable("ws:broadcast").await;
+
+    // One write of all the PUBLISH commands, then their replies.
+    let mut burst = Vec::new();
+    let mut commands = 0;
+    let mut publish = |channel: &str, payload: &str| {
+        burst.extend(RespConn::encode(&[
+            b"PUBLISH",
+            channel.as_bytes(),
+            payload.as_bytes(),
+        ]));
+        commands += 1;
+    };
+    for round in 0..ROUNDS {
+        for (channel, kind) in [
+            ("ws:user:42", "U"),
+            ("ws:broadcast", "B"),
+            ("ws:user:43", "U"),
+        ] {
+            for i in 0..RUN {
+                let n = round * RUN + i;
+                publish(channel, &format!(r#"{{"type":"{kind}","n":{n}}}"#));
+                if i == 2 {
+                    publish(channel, "not json");
+                }
+            }
+        }
+    }
+    let mut conn = redis.conn().await;
+    conn.try_write(&burst).await.unwrap();
+    for _ in 0..commands {
+        assert_eq!(conn.read_reply().await.int(), 1);
+    }
+
+    let total = ROUNDS * RUN;
+    for (name, client) in [("42", &mut a), ("43", &mut b)] {
+        let (mut users, mut broadcasts) = (0, 0);
+        for _ in 0..2 * total {
+            let text = client.next_text().await;
+            if text == format!(r#"{{"type":"U","n":{users}}}"#) {
+                users += 1;
+            } else if text == format!(r#"{{"type":"B","n":{broadcasts}}}"#) {
+                broadcasts += 1;
+            } else {
+                panic!("user {name}: got {text} after {users} user messages and {broadcasts} broadcasts");
+            }
+        }
+        assert_eq!((users, broadcasts), (total, total), "user {name}");
+    }
+}

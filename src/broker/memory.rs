@@ -5,7 +5,6 @@
 use super::{BoxFuture, Broker, BrokerError};
 use crate::hub::Hub;
 use crate::lock;
-use crate::wire::Send;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -39,7 +38,7 @@ impl MemoryBroker {
     fn deliver(&self, channel: &str, payload: Bytes) {
         let subscribed = lock(&self.subscribed).contains(channel);
         if subscribed {
-            self.hub.dispatch(channel, payload, Send::Direct);
+            self.hub.dispatch(channel, [payload]);
         }
     }
 
