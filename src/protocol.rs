@@ -1,7 +1,7 @@
 //! The wire: published messages (SPEC §3), client → server messages (§5),
 //! the frames the gateway itself writes, and close codes (§6).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -55,11 +55,15 @@ impl Invalid {
 }
 
 /// A published message that passed validation: its original bytes (valid
-/// UTF-8 JSON, the payload of a text frame), and the fields the gateway
+/// UTF-8 JSON), framed once for all recipients, and the fields the gateway
 /// uses. Fan-out shares one `Arc<Published>` among all recipients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    pub bytes: Bytes,
+    /// The payload as published: a view into `frame`.
+    pub payload: Bytes,
+    /// The payload as an unmasked server text frame (RFC 6455 §5.2): what
+    /// every recipient's socket gets, one slice per message in a `writev`.
+    pub frame: Bytes,
     /// The message id, for resume and de-duplication.
     pub id: Option<Arc<str>>,
     /// Publish time (ms since the epoch), for the latency metric.
@@ -87,11 +91,33 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
         serde_json::from_slice(&payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
     let id = envelope.id.map(|id| Arc::from(&*id));
     let ts = envelope.ts.as_ref().and_then(Value::as_u64);
+    let frame = text_frame(&payload);
     Ok(Published {
-        bytes: payload,
+        payload: frame.slice(frame.len() - payload.len()..),
+        frame,
         id,
         ts,
     })
+}
+
+/// `payload` as an unmasked server text frame (RFC 6455 §5.2).
+fn text_frame(payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut frame = BytesMut::with_capacity(10 + len);
+    frame.put_u8(0x81); // FIN + text
+    match len {
+        0..=125 => frame.put_u8(len as u8),
+        126..=0xffff => {
+            frame.put_u8(126);
+            frame.put_u16(len as u16);
+        }
+        _ => {
+            frame.put_u8(127);
+            frame.put_u64(len as u64);
+        }
+    }
+    frame.put_slice(payload);
+    frame.freeze()
 }
 
 /// A message from the client (SPEC §5).
@@ -197,10 +223,21 @@ mod tests {
     fn published_bytes_are_kept() {
         let raw = r#"{"type":"X",  "data":{"b":2,"a":1}}"#;
         let p = validate_published(Bytes::from(raw)).unwrap();
-        assert_eq!(&p.bytes[..], raw.as_bytes());
+        assert_eq!(&p.payload[..], raw.as_bytes());
+        assert_eq!(&p.frame[..2], &[0x81, raw.len() as u8]);
+        assert_eq!(&p.frame[2..], raw.as_bytes());
         assert_eq!(p.id, None);
         let p = validate_published(Bytes::from(r#"{"type":"X","id":"01J","ts":5}"#)).unwrap();
         assert_eq!((p.id.as_deref(), p.ts), (Some("01J"), Some(5)));
+    }
+
+    #[test]
+    fn frame_headers() {
+        let header = |len: usize| text_frame(&vec![b' '; len])[..10.min(len)].to_vec();
+        assert_eq!(header(5)[..2], [0x81, 5]);
+        assert_eq!(header(300)[..4], [0x81, 126, 1, 44]);
+        assert_eq!(header(70_000)[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(text_frame(&[b' '; 70_000]).len(), 70_010);
     }
 
     #[test]

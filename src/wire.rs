@@ -60,7 +60,7 @@ pub enum Push {
     Closed,
 }
 
-/// Frames written per `writev` (two slices each, far below `IOV_MAX`).
+/// Frames written per `writev` (far below `IOV_MAX`).
 const MAX_FRAMES: usize = 64;
 
 pub struct Wire {
@@ -84,95 +84,47 @@ struct State {
     dedupe: Option<Box<Dedupe>>,
 }
 
-/// A frame (inline header + shared payload) or raw bytes, and how much of
-/// it is already written.
+/// Bytes to write (a published message's shared frame, or raw bytes), and
+/// how much of them is already written.
 struct Chunk {
-    header: [u8; 10],
-    header_len: u8,
-    body: Bytes,
+    bytes: Bytes,
     written: usize,
     /// A published message (counts against the queue and as a delivery).
     message: bool,
 }
 
-/// What to send: a text frame around a shared payload (a published
-/// message), or raw bytes (tungstenite's control frames and replies).
+/// What to send: a published message's frame (shared by all recipients),
+/// or raw bytes (tungstenite's control frames and replies).
 #[derive(Clone, Copy)]
 enum Out<'a> {
-    Text(&'a Bytes),
+    Message(&'a Bytes),
     Raw(&'a [u8]),
 }
 
 impl<'a> Out<'a> {
-    /// The frame header (empty for raw bytes) and the body.
-    fn parts(self) -> ([u8; 10], u8, &'a [u8]) {
+    fn bytes(self) -> &'a [u8] {
         match self {
-            Out::Text(payload) => {
-                let (header, header_len) = text_header(payload.len());
-                (header, header_len, payload)
-            }
-            Out::Raw(bytes) => ([0; 10], 0, bytes),
+            Out::Message(frame) => frame,
+            Out::Raw(bytes) => bytes,
         }
     }
 
     /// The chunk to queue, with `written` bytes already sent.
     fn into_chunk(self, written: usize) -> Chunk {
-        let (header, header_len, _) = self.parts();
-        let (body, message) = match self {
-            Out::Text(payload) => (payload.clone(), true),
+        let (bytes, message) = match self {
+            Out::Message(frame) => (frame.clone(), true),
             Out::Raw(bytes) => (Bytes::copy_from_slice(bytes), false),
         };
         Chunk {
-            header,
-            header_len,
-            body,
+            bytes,
             written,
             message,
         }
     }
 }
 
-impl Chunk {
-    fn len(&self) -> usize {
-        usize::from(self.header_len) + self.body.len()
-    }
-
-    /// The unwritten parts, as at most two slices.
-    fn unwritten(&self) -> [&[u8]; 2] {
-        let header = &self.header[..usize::from(self.header_len)];
-        if self.written < header.len() {
-            [&header[self.written..], &self.body]
-        } else {
-            [&[], &self.body[self.written - header.len()..]]
-        }
-    }
-}
-
-fn text(message: &Arc<Published>) -> Out<'_> {
-    Out::Text(&message.bytes)
-}
-
-/// The header of an unmasked server text frame (RFC 6455 §5.2).
-fn text_header(len: usize) -> ([u8; 10], u8) {
-    let mut h = [0u8; 10];
-    h[0] = 0x81; // FIN + text
-    let n = match len {
-        0..=125 => {
-            h[1] = len as u8;
-            2
-        }
-        126..=0xffff => {
-            h[1] = 126;
-            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            h[1] = 127;
-            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        }
-    };
-    (h, n)
+fn frame_of(published: &Arc<Published>) -> Out<'_> {
+    Out::Message(&published.frame)
 }
 
 /// What a write attempt under the lock achieved.
@@ -193,36 +145,24 @@ fn write_now<'a>(
     let mut done = 0;
     loop {
         let mut frames = [Out::Raw(&[]); MAX_FRAMES];
+        let mut slices = [IoSlice::new(&[]); MAX_FRAMES];
         let mut count = 0;
-        for (slot, out) in frames.iter_mut().zip(outs.by_ref()) {
-            *slot = out;
+        for ((frame, slice), out) in frames.iter_mut().zip(&mut slices).zip(outs.by_ref()) {
+            *frame = out;
+            *slice = IoSlice::new(out.bytes());
             count += 1;
         }
         if count == 0 {
             return (done, 0);
         }
-        let mut headers = [([0u8; 10], 0u8); MAX_FRAMES];
-        let mut bodies: [&[u8]; MAX_FRAMES] = [&[]; MAX_FRAMES];
-        for (i, frame) in frames[..count].iter().enumerate() {
-            let (header, header_len, body) = frame.parts();
-            headers[i] = (header, header_len);
-            bodies[i] = body;
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
-        for i in 0..count {
-            let (header, header_len) = &headers[i];
-            slices[2 * i] = IoSlice::new(&header[..usize::from(*header_len)]);
-            slices[2 * i + 1] = IoSlice::new(bodies[i]);
-        }
-        let mut n = socket.try_write_vectored(&slices[..2 * count]).unwrap_or(0);
-        for i in 0..count {
-            let len = slices[2 * i].len() + slices[2 * i + 1].len();
-            if n < len {
+        let mut n = socket.try_write_vectored(&slices[..count]).unwrap_or(0);
+        for (frame, slice) in frames.iter().zip(&slices).take(count) {
+            if n < slice.len() {
                 return (done, n);
             }
-            n -= len;
+            n -= slice.len();
             done += 1;
-            if matches!(frames[i], Out::Text(_)) {
+            if matches!(frame, Out::Message(_)) {
                 delivered.fetch_add(1, Relaxed);
             }
         }
@@ -237,15 +177,11 @@ impl State {
     /// messages completed in `delivered`.
     fn write_pending(&mut self, socket: &TcpStream, delivered: &AtomicU64) -> io::Result<Flushed> {
         while !self.pending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES];
             let mut count = 0;
-            for chunk in self.pending.iter().take(MAX_FRAMES) {
-                for part in chunk.unwritten() {
-                    if !part.is_empty() {
-                        slices[count] = IoSlice::new(part);
-                        count += 1;
-                    }
-                }
+            for (slice, chunk) in slices.iter_mut().zip(&self.pending) {
+                *slice = IoSlice::new(&chunk.bytes[chunk.written..]);
+                count += 1;
             }
             let mut n = match socket.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -257,7 +193,7 @@ impl State {
                 let Some(front) = self.pending.front_mut() else {
                     break;
                 };
-                let left = front.len() - front.written;
+                let left = front.bytes.len() - front.written;
                 if n < left {
                     front.written += n;
                     break;
@@ -320,24 +256,24 @@ impl State {
             return (Push::Closed, false);
         }
         if self.held.is_none() && self.dedupe.is_none() {
-            return self.send(socket, messages.iter().map(text), delivered);
+            return self.send(socket, messages.iter().map(frame_of), delivered);
         }
         // Around a resume: one at a time.
         let mut wake = false;
-        for message in messages {
+        for published in messages {
             if let Some(held) = &mut self.held {
                 if self.queued >= self.capacity {
                     self.overflow();
                     return (Push::Overflowed, true);
                 }
-                held.push(message.clone());
+                held.push(published.clone());
                 self.queued += 1;
                 continue;
             }
-            if history::skip(&mut self.dedupe, message) {
+            if history::skip(&mut self.dedupe, published) {
                 continue;
             }
-            let (push, woken) = self.send(socket, std::iter::once(text(message)), delivered);
+            let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), delivered);
             wake |= woken;
             if push != Push::Queued {
                 return (push, wake);
@@ -387,8 +323,8 @@ impl Wire {
     }
 
     /// Sends a replayed message now, ahead of the held live ones.
-    pub fn send_replayed(&self, message: &Arc<Published>, delivered: &AtomicU64) {
-        let out = std::iter::once(text(message));
+    pub fn send_replayed(&self, published: &Arc<Published>, delivered: &AtomicU64) {
+        let out = std::iter::once(frame_of(published));
         let (_, wake) = lock(&self.state).send(&self.socket, out, delivered);
         self.wake_if(wake);
     }
@@ -531,14 +467,6 @@ mod tests {
 
     fn message(text: &str) -> Arc<Published> {
         Arc::new(validate_published(Bytes::from(text.to_string())).unwrap())
-    }
-
-    #[test]
-    fn headers() {
-        assert_eq!(&text_header(5).0[..2], &[0x81, 5]);
-        assert_eq!(&text_header(300).0[..4], &[0x81, 126, 1, 44]);
-        let (h, n) = text_header(70_000);
-        assert_eq!((h[1], n), (127, 10));
     }
 
     #[tokio::test]
