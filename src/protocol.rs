@@ -236,7 +236,10 @@ mod tests {
         let header = |len: usize| text_frame(&vec![b' '; len])[..10.min(len)].to_vec();
         assert_eq!(header(5)[..2], [0x81, 5]);
         assert_eq!(header(300)[..4], [0x81, 126, 1, 44]);
-        assert_eq!(header(70_000)[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(
+            header(70_000)[..10],
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
         assert_eq!(text_frame(&[b' '; 70_000]).len(), 70_010);
     }
 

@@ -142,8 +142,8 @@ fn write_now<'a>(
     mut outs: impl Iterator<Item = Out<'a>>,
     delivered: &AtomicU64,
 ) -> (usize, usize) {
-    let mut done = 0;
-    loop {
+    let (mut done, mut messages) = (0, 0);
+    let partial = 'write: loop {
         let mut frames = [Out::Raw(&[]); MAX_FRAMES];
         let mut slices = [IoSlice::new(&[]); MAX_FRAMES];
         let mut count = 0;
@@ -153,23 +153,24 @@ fn write_now<'a>(
             count += 1;
         }
         if count == 0 {
-            return (done, 0);
+            break 0;
         }
         let mut n = socket.try_write_vectored(&slices[..count]).unwrap_or(0);
         for (frame, slice) in frames.iter().zip(&slices).take(count) {
             if n < slice.len() {
-                return (done, n);
+                break 'write n;
             }
             n -= slice.len();
             done += 1;
-            if matches!(frame, Out::Message(_)) {
-                delivered.fetch_add(1, Relaxed);
-            }
+            messages += u64::from(matches!(frame, Out::Message(_)));
         }
         if count < MAX_FRAMES {
-            return (done, 0);
+            break 0;
         }
-    }
+    };
+    // One update per call: the counter is shared by every fan-out.
+    delivered.fetch_add(messages, Relaxed);
+    (done, partial)
 }
 
 impl State {
