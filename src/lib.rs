@@ -19,10 +19,11 @@
 //! - [`protocol`]: wire messages and close codes; [`publish`]: the message
 //!   preparation of the canonical publish path.
 //!
-//! A published message flows broker → `Hub::dispatch` (validated once) →
-//! each recipient's `Wire` (the same bytes, shared), which writes it to the
-//! socket at once, or queues it for the connection task to flush in a batch
-//! when the socket is full or more messages are waiting.
+//! A published message flows broker → `Hub::dispatch` (validated and framed
+//! once, with every other message waiting for the same channel) → each
+//! recipient's `Wire` (the same bytes, shared), which writes them all to the
+//! socket in one `writev`, or queues what the socket did not take for the
+//! connection task to flush once the socket is writable.
 #![forbid(unsafe_code)]
 
 pub mod auth;

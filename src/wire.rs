@@ -5,9 +5,9 @@
 //! would wake the connection's task, and at 10k connections the wake-ups
 //! cost as much CPU as the writes themselves. Instead the fan-out writes
 //! published messages straight to the socket when nothing is queued for
-//! that client: one non-blocking `writev` of the frame headers and the
-//! shared payloads (no copy) for all the messages it has for the client at
-//! once. Only when the socket is full does it queue the rest and wake the
+//! that client: one non-blocking `writev` of the messages' frames (built
+//! once per message and shared by every recipient: no copy per client) for
+//! all the messages it has for the client at once. Only when the socket is full does it queue the rest and wake the
 //! session task, which flushes the queue once the socket is writable.
 //!
 //! The fan-out is handed every message that is waiting when it starts (see
