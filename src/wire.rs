@@ -7,8 +7,9 @@
 //! published messages straight to the socket when nothing is queued for
 //! that client: one non-blocking `writev` of the messages' frames (built
 //! once per message and shared by every recipient: no copy per client) for
-//! all the messages it has for the client at once. Only when the socket is full does it queue the rest and wake the
-//! session task, which flushes the queue once the socket is writable.
+//! all the messages it has for the client at once. Only when the socket is
+//! full does it queue the rest and wake the session task, which flushes the
+//! queue once the socket is writable.
 //!
 //! The fan-out is handed every message that is waiting when it starts (see
 //! [`Hub::dispatch`](crate::hub::Hub::dispatch)): at low rates that is one

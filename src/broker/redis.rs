@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Messages fred may buffer between its socket reader and our reader task.
-/// Our reader never waits on a client (it writes without blocking, or only
-/// queues when behind), so it keeps up; the size covers bursts.
+/// Our reader never waits on a client (it writes without blocking, queuing
+/// only what a full socket does not take), and takes every waiting message
+/// into one fan-out, so it keeps up; the size covers bursts.
 const MESSAGE_BUFFER: usize = 64 * 1024;
 
 /// How long one Redis command may take before it fails (a publish during an
