@@ -61,7 +61,7 @@ pub enum Push {
     Closed,
 }
 
-/// Frames written per `writev` (far below `IOV_MAX`).
+/// Frames written per `writev` (far below `IOV_MAX`; one bit each in a `u64`).
 const MAX_FRAMES: usize = 64;
 
 pub struct Wire {
@@ -145,25 +145,26 @@ fn write_now<'a>(
 ) -> (usize, usize) {
     let (mut done, mut messages) = (0, 0);
     let partial = 'write: loop {
-        let mut frames = [Out::Raw(&[]); MAX_FRAMES];
         let mut slices = [IoSlice::new(&[]); MAX_FRAMES];
+        // Bit i: slice i is a published message (counted as delivered).
+        let mut published = 0u64;
         let mut count = 0;
-        for ((frame, slice), out) in frames.iter_mut().zip(&mut slices).zip(outs.by_ref()) {
-            *frame = out;
+        for (i, (slice, out)) in slices.iter_mut().zip(outs.by_ref()).enumerate() {
             *slice = IoSlice::new(out.bytes());
+            published |= u64::from(matches!(out, Out::Message(_))) << i;
             count += 1;
         }
         if count == 0 {
             break 0;
         }
         let mut n = socket.try_write_vectored(&slices[..count]).unwrap_or(0);
-        for (frame, slice) in frames.iter().zip(&slices).take(count) {
+        for (i, slice) in slices[..count].iter().enumerate() {
             if n < slice.len() {
                 break 'write n;
             }
             n -= slice.len();
             done += 1;
-            messages += u64::from(matches!(frame, Out::Message(_)));
+            messages += (published >> i) & 1;
         }
         if count < MAX_FRAMES {
             break 0;
