@@ -59,8 +59,6 @@ impl Invalid {
 /// uses. Fan-out shares one `Arc<Published>` among all recipients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    /// The payload as published: a view into `frame`.
-    pub payload: Bytes,
     /// The payload as an unmasked server text frame (RFC 6455 §5.2): what
     /// every recipient's socket gets, one slice per message in a `writev`.
     pub frame: Bytes,
@@ -68,6 +66,18 @@ pub struct Published {
     pub id: Option<Arc<str>>,
     /// Publish time (ms since the epoch), for the latency metric.
     pub ts: Option<u64>,
+}
+
+impl Published {
+    /// The payload as published: the frame after its header.
+    pub fn payload(&self) -> &[u8] {
+        let header = match self.frame[1] {
+            0..=125 => 2,
+            126 => 4,
+            _ => 10,
+        };
+        &self.frame[header..]
+    }
 }
 
 /// Validates a published payload: at most 1 MiB, a JSON object with a string
@@ -91,10 +101,8 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
         serde_json::from_slice(&payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
     let id = envelope.id.map(|id| Arc::from(&*id));
     let ts = envelope.ts.as_ref().and_then(Value::as_u64);
-    let frame = text_frame(&payload);
     Ok(Published {
-        payload: frame.slice(frame.len() - payload.len()..),
-        frame,
+        frame: text_frame(&payload),
         id,
         ts,
     })
@@ -223,7 +231,12 @@ mod tests {
     fn published_bytes_are_kept() {
         let raw = r#"{"type":"X",  "data":{"b":2,"a":1}}"#;
         let p = validate_published(Bytes::from(raw)).unwrap();
-        assert_eq!(&p.payload[..], raw.as_bytes());
+        assert_eq!(p.payload(), raw.as_bytes());
+        for pad in [300, 70_000] {
+            let raw = format!(r#"{{"type":"X","pad":"{}"}}"#, "a".repeat(pad));
+            let p = validate_published(Bytes::from(raw.clone())).unwrap();
+            assert_eq!(p.payload(), raw.as_bytes(), "{pad}-byte pad");
+        }
         assert_eq!(&p.frame[..2], &[0x81, raw.len() as u8]);
         assert_eq!(&p.frame[2..], raw.as_bytes());
         assert_eq!(p.id, None);
