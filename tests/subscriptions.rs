@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 async fn wait_channel_present(redis: &Redis, channel: &str, present: bool) {
     let ok = wait_until(WAIT_TIMEOUT, || async {
@@ -138,4 +139,25 @@ async fn redis_connections_do_not_grow_with_clients() {
         after, before,
         "40 clients of 40 users must not add Redis connections"
     );
+}
+
+/// CONNECTED means the user's channel is subscribed *in Redis*, not only
+/// that the SUBSCRIBE was written (fred answers then): a Redis that hangs
+/// (SIGSTOP) must hold CONNECTED back, and the subscription then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_waits_for_redis_to_confirm_the_subscription() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    redis.pause();
+    let mut c = gw
+        .connect_raw(&ConnectOpts::token(&token("held-1", &[])))
+        .await
+        .expect("the upgrade is answered without Redis");
+    c.expect_silence(Duration::from_millis(1500)).await;
+    redis.resume();
+    c.expect_connected("held-1").await;
+    redis
+        .publish("ws:user:held-1", r#"{"type":"AFTER","id":"a1"}"#)
+        .await;
+    assert_eq!(c.next_json().await["type"], "AFTER");
 }

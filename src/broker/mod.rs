@@ -24,7 +24,8 @@ pub trait Broker: Send + Sync {
     /// True while the broker can deliver.
     fn is_up(&self) -> bool;
 
-    /// Subscribes this instance to `channels`, returning once confirmed.
+    /// Subscribes this instance to `channels`, returning once the broker
+    /// confirmed it: a message published after the return is delivered.
     fn subscribe<'a>(&'a self, channels: &'a [Box<str>]) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     fn unsubscribe<'a>(

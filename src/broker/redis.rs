@@ -9,6 +9,9 @@
 //!
 //! On reconnect the hub is told to resync, and the subscriptions task
 //! resubscribes every channel itself and checks the result.
+//!
+//! A subscribe returns once Redis has it, not when fred wrote it: a PING on
+//! the subscriber connection follows each SUBSCRIBE (see `subscribe`).
 
 use super::{BoxFuture, Broker, BrokerError};
 use crate::hub::Hub;
@@ -243,7 +246,14 @@ impl Broker for RedisBroker {
     fn subscribe<'a>(&'a self, channels: &'a [Box<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
-            self.subscriber.subscribe(names).await.map_err(err)
+            self.subscriber.subscribe(names).await.map_err(err)?;
+            // fred answers SUBSCRIBE once it is written, and drops Redis's
+            // reply. Redis answers one connection's commands in order, so
+            // the reply to a PING sent after it on the same connection
+            // proves the subscription is live: only then may the caller
+            // read the history (see `history`) and say CONNECTED.
+            let _: Value = self.subscriber.ping(None).await.map_err(err)?;
+            Ok(())
         })
     }
 

@@ -375,6 +375,26 @@ impl Redis {
         }
     }
 
+    /// Stops the server (SIGSTOP): its sockets stay open, nothing is
+    /// answered, as when Redis hangs. [`Redis::resume`] continues it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a server stopped by [`Redis::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     fn ping_sync(&self) -> bool {
         use std::io::Write;
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
