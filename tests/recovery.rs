@@ -116,3 +116,33 @@ async fn history_is_trimmed_to_history_size() {
     assert_eq!(c.next_json().await["id"], ids[3].as_str());
     assert_eq!(c.next_json().await["id"], ids[4].as_str());
 }
+
+/// A backend that skips the LTRIM leaves a history longer than
+/// `history_size`: a resume reads only the newest `history_size` entries,
+/// so one reconnect cannot make the gateway read and replay all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_reads_at_most_history_size_entries() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_REDIS_HISTORY_SIZE", "100")
+        .start()
+        .await;
+    let mut conn = redis.conn().await;
+    let entries: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"type":"UNTRIMMED","id":"h{i}"}}"#))
+        .collect();
+    let mut args: Vec<&[u8]> = vec![b"RPUSH", b"notifications:42"];
+    args.extend(entries.iter().map(|e| e.as_bytes()));
+    assert_eq!(conn.command(&args).await.int(), 500);
+
+    // h10 is only beyond the newest 100: not found, nothing replayed.
+    let (_c, d) = connect_since(&gw, "42", "h10").await;
+    assert_eq!(d["recovered"], false, "an id older than history_size: {d}");
+    assert_eq!(d["replayed"], 0, "{d}");
+    // h450 is among the newest 100: the 49 after it.
+    let (mut c, d) = connect_since(&gw, "42", "h450").await;
+    assert_eq!(d["recovered"], true, "{d}");
+    assert_eq!(d["replayed"], 49, "{d}");
+    assert_eq!(c.next_json().await["id"], "h451");
+}

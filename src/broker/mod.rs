@@ -40,7 +40,8 @@ pub trait Broker: Send + Sync {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// The whole history list at `key`, oldest first.
+    /// The newest `history_size` entries of the history list at `key`,
+    /// oldest first.
     fn history<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Bytes>, BrokerError>>;
 
     /// The canonical path (SPEC §3): append to `history_key`, trim, set its

@@ -87,8 +87,13 @@ impl Publisher {
         Ok(())
     }
 
+    /// The newest `history_size` entries, oldest first. Bounded even when a
+    /// backend skipped the LTRIM: a resume never reads (or replays) more.
     pub async fn history(&self, key: &str) -> Result<Vec<Bytes>, BrokerError> {
-        self.client.lrange(key, 0, -1).await.map_err(err)
+        self.client
+            .lrange(key, -self.history_size, -1)
+            .await
+            .map_err(err)
     }
 
     /// RPUSH + LTRIM + EXPIRE + PUBLISH in one MULTI/EXEC.
