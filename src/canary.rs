@@ -79,7 +79,10 @@ pub async fn run(hub: Hub, broker: Arc<dyn Broker>, interval: Duration) {
         let sent = Instant::now();
         let payload = Bytes::from(format!(r#"{{"type":"CANARY","seq":{seq}}}"#));
         let round_trip = async {
-            broker.publish(&channel, payload).await?;
+            broker
+                .publish(&channel, payload)
+                .await
+                .map_err(|e| e.to_string())?;
             echoes
                 .wait_for(|echoed| *echoed >= seq)
                 .await

@@ -42,18 +42,32 @@ pub fn parse(history: Vec<Bytes>) -> Vec<Arc<Published>> {
         .collect()
 }
 
-/// The messages of `history` after the one with id `since`.
+/// The messages of `history` after the one with id `since`, each id once.
+///
+/// A publish retried after a timeout (SPEC §7) can leave one id twice in
+/// the history: the replay starts after its *first* occurrence (starting
+/// after the last could skip what came between) and sends every id once.
 pub fn after(history: &[Arc<Published>], since: &str) -> Replay {
-    match history.iter().rposition(|m| m.id.as_deref() == Some(since)) {
+    match history.iter().position(|m| m.id.as_deref() == Some(since)) {
         Some(i) => Replay {
             recovered: true,
-            messages: history[i + 1..].to_vec(),
+            messages: unique(&history[i + 1..], since),
         },
         None => Replay {
             recovered: false,
             messages: Vec::new(),
         },
     }
+}
+
+/// `messages` without repeated ids and without `seen`, in order.
+fn unique(messages: &[Arc<Published>], seen: &str) -> Vec<Arc<Published>> {
+    let mut ids: HashSet<&str> = HashSet::from([seen]);
+    messages
+        .iter()
+        .filter(|m| m.id.as_deref().is_none_or(|id| ids.insert(id)))
+        .cloned()
+        .collect()
 }
 
 /// Filters live messages that a replay already delivered.
@@ -139,6 +153,14 @@ mod tests {
         assert!(r.recovered && r.messages.is_empty());
         let r = after(&history, "gone");
         assert!(!r.recovered && r.messages.is_empty());
+    }
+
+    #[test]
+    fn a_retried_publish_is_replayed_once() {
+        // m1 retried after a timeout: in the history twice, m2 between.
+        let history: Vec<_> = [0, 1, 2, 1, 3].into_iter().map(message).collect();
+        assert_eq!(ids(&after(&history, "m0").messages), ["m1", "m2", "m3"]);
+        assert_eq!(ids(&after(&history, "m1").messages), ["m2", "m3"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use ws_gateway::broker::redis::Publisher;
+use ws_gateway::broker::BrokerError;
 use ws_gateway::config::{self, Loaded, Overrides};
 use ws_gateway::{auth, publish, server};
 
@@ -259,7 +260,7 @@ fn publish_cmd(
     let result = runtime.block_on(async {
         let publisher = Publisher::start(&r.url, r.history_size, r.history_ttl_secs)?;
         publisher.wait_connected(Duration::from_secs(5)).await?;
-        match &user {
+        let sent = match &user {
             Some(id) => {
                 let key = format!("{}{id}", r.history_key_prefix);
                 publisher
@@ -267,7 +268,13 @@ fn publish_cmd(
                     .await
             }
             None => publisher.publish(&channel, message.bytes).await,
-        }
+        };
+        sent.map_err(|e| match e {
+            BrokerError::OutcomeUnknown(_) => {
+                format!("{e}: message {} may still be delivered", message.id)
+            }
+            BrokerError::Unavailable(_) => format!("{e}; nothing was published"),
+        })
     });
     match result {
         Ok(()) => {

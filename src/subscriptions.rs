@@ -11,7 +11,7 @@
 //! with backoff; a broker reconnect empties the set and redoes everything
 //! (fred only logs failed resubscriptions, so we do not rely on it).
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::history;
 use crate::hub::{Hub, Pending};
 use std::collections::HashSet;
@@ -91,7 +91,7 @@ async fn reconcile(
     fixed: &[Box<str>],
     subscribed: &mut HashSet<Box<str>>,
     pending: &Pending,
-) -> Result<(), String> {
+) -> Result<(), BrokerError> {
     let mut to_subscribe = Vec::new();
     let mut to_unsubscribe = Vec::new();
     let mut already = Vec::new();

@@ -135,3 +135,94 @@ async fn draining_instance_refuses_new_connections_and_is_not_ready() {
         "503 draining needs Retry-After"
     );
 }
+
+/// SPEC §7: a publish whose Redis command timed out may still happen, so it
+/// answers 504 outcome_unknown (not "retry later" as if nothing happened),
+/// and a retry with the same id is harmless: replay sends it once. A publish
+/// while Redis is down is certainly not published: 503 broker_unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_publish_is_outcome_unknown_and_a_retry_is_harmless() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let admin = admin_token();
+    let post = |body: &'static str| {
+        let (gw, admin) = (&gw, &admin);
+        async move {
+            gw.post_bearer("/ws/test-message/9", admin, body.as_bytes())
+                .await
+        }
+    };
+    post(r#"{"type":"BEFORE","id":"b0"}"#)
+        .await
+        .assert_status(202);
+    let mut c = gw.user("9", &[]).await;
+
+    // Redis hangs past the command timeout: the MULTI/EXEC sits in its
+    // input buffer and runs when it resumes.
+    redis.pause();
+    let r = post(r#"{"type":"RETRIED","id":"retry-1"}"#).await;
+    redis.resume();
+    r.assert_error(504, "outcome_unknown");
+    assert_eq!(
+        r.json()["id"],
+        "retry-1",
+        "the id to retry with: {}",
+        r.text()
+    );
+    let v = c.next_json().await;
+    assert_eq!(v["id"], "retry-1", "delivered after all: {v}");
+
+    // The caller retries as told, with the same id: the history now holds
+    // it twice, and a resume replays it once.
+    post(r#"{"type":"RETRIED","id":"retry-1"}"#)
+        .await
+        .assert_status(202);
+    let opts = ConnectOpts::token(&token("9", &[])).query("since", "b0");
+    let mut resumed = gw.connect_raw(&opts).await.expect("resume");
+    let d = resumed.expect_connected("9").await;
+    assert_eq!(
+        (d["recovered"].clone(), d["replayed"].clone()),
+        (true.into(), 1.into()),
+        "{d}"
+    );
+    assert_eq!(resumed.next_json().await["id"], "retry-1");
+
+    // Redis gone: once the gateway has seen it go, certainly not published
+    // (a publish racing the disconnect may still be outcome_unknown).
+    redis.kill();
+    let answers = std::sync::Mutex::new(Vec::new());
+    let refused = wait_until(WAIT_TIMEOUT, || async {
+        let r = post(r#"{"type":"LOST","id":"x"}"#).await;
+        let code = r.json()["error"].as_str().map(str::to_string);
+        let refused = r.status == 503 && code.as_deref() == Some("broker_unavailable");
+        answers.lock().unwrap().push((r.status, code));
+        refused
+    })
+    .await;
+    let answers = answers.into_inner().unwrap();
+    assert!(refused, "expected 503 broker_unavailable, got {answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| [503, 504].contains(s)),
+        "a publish with Redis gone was accepted: {answers:?}"
+    );
+}
+
+/// `ws-gateway publish` against an unreachable Redis says so in a sentence,
+/// not in a Rust debug dump.
+#[test]
+fn publish_errors_are_sentences() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let out = run_cli(
+        &["publish", "--user", "1", "--type", "X"],
+        &[("GATEWAY_REDIS_URL", &url), ("GATEWAY_AUTH_SECRET", "s")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach Redis") && stderr.contains("onnection refused"),
+        "stderr: {stderr}"
+    );
+    for debug in ["Os {", "kind:", "code:"] {
+        assert!(!stderr.contains(debug), "a debug dump in: {stderr}");
+    }
+}

@@ -14,8 +14,28 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A broker failure, as text for logs and HTTP answers.
-pub type BrokerError = String;
+/// Why a broker command failed, in the terms a publisher must act on
+/// (SPEC §7): whether the command may still take effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    /// Certainly not done (not connected, or the broker refused it): safe
+    /// to retry later.
+    Unavailable(String),
+    /// Sent, but no answer in time (or the connection broke meanwhile): it
+    /// may still take effect. A retry must reuse the message's id.
+    OutcomeUnknown(String),
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerError::Unavailable(why) => write!(f, "{why}"),
+            BrokerError::OutcomeUnknown(why) => {
+                write!(f, "{why}; the command may still take effect")
+            }
+        }
+    }
+}
 
 pub trait Broker: Send + Sync {
     /// `"redis"` or `"memory"`, as `/ws/health` reports it.

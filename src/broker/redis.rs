@@ -43,29 +43,29 @@ pub struct Publisher {
     history_ttl_secs: i64,
 }
 
-fn build_client(config: &Config) -> Result<Client, BrokerError> {
+fn build_client(config: &Config) -> Result<Client, String> {
     Builder::from_config(config.clone())
         .with_performance_config(|p| {
             p.broadcast_channel_capacity = MESSAGE_BUFFER;
             p.default_command_timeout = COMMAND_TIMEOUT;
         })
+        // No silent re-send after a reconnect: a command whose connection
+        // broke fails, and its caller decides (a publish answers
+        // outcome_unknown; the subscriptions task redoes everything).
+        .with_connection_config(|c| c.max_command_attempts = 1)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()
-        .map_err(err)
+        .map_err(|e| describe(&e))
 }
 
-fn parse_url(url: &str) -> Result<Config, BrokerError> {
+fn parse_url(url: &str) -> Result<Config, String> {
     Config::from_url(url).map_err(|e| format!("redis.url: {}", e.details()))
 }
 
 impl Publisher {
     /// Starts connecting; commands wait for the connection (up to the
     /// command timeout).
-    pub fn start(
-        url: &str,
-        history_size: usize,
-        history_ttl_secs: u64,
-    ) -> Result<Self, BrokerError> {
+    pub fn start(url: &str, history_size: usize, history_ttl_secs: u64) -> Result<Self, String> {
         let client = build_client(&parse_url(url)?)?;
         client.connect();
         Ok(Self {
@@ -75,25 +75,39 @@ impl Publisher {
         })
     }
 
-    pub async fn wait_connected(&self, limit: Duration) -> Result<(), BrokerError> {
-        match tokio::time::timeout(limit, self.client.wait_for_connect()).await {
-            Ok(result) => result.map_err(err),
-            Err(_) => Err(format!("redis: no connection within {}s", limit.as_secs())),
+    pub async fn wait_connected(&self, limit: Duration) -> Result<(), String> {
+        wait_for_connect(&self.client, limit).await
+    }
+
+    /// Refuses at once when not connected: fred would queue the command
+    /// until it reconnects, and a timeout then could not tell "never sent"
+    /// from "sent, unanswered".
+    fn connected(&self) -> Result<(), BrokerError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("not connected to Redis".into()))
         }
     }
 
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), BrokerError> {
-        let _receivers: i64 = self.client.publish(channel, payload).await.map_err(err)?;
+        self.connected()?;
+        let _receivers: i64 = self
+            .client
+            .publish(channel, payload)
+            .await
+            .map_err(command_error)?;
         Ok(())
     }
 
     /// The newest `history_size` entries, oldest first. Bounded even when a
     /// backend skipped the LTRIM: a resume never reads (or replays) more.
     pub async fn history(&self, key: &str) -> Result<Vec<Bytes>, BrokerError> {
+        self.connected()?;
         self.client
             .lrange(key, -self.history_size, -1)
             .await
-            .map_err(err)
+            .map_err(command_error)
     }
 
     /// RPUSH + LTRIM + EXPIRE + PUBLISH in one MULTI/EXEC.
@@ -103,18 +117,19 @@ impl Publisher {
         channel: &str,
         payload: Bytes,
     ) -> Result<(), BrokerError> {
+        self.connected()?;
+        // Queued client-side; only `exec` sends the transaction.
         let trx = self.client.multi();
-        let _: Value = trx.rpush(history_key, payload.clone()).await.map_err(err)?;
-        let _: Value = trx
-            .ltrim(history_key, -self.history_size, -1)
+        let queued = async {
+            let _: Value = trx.rpush(history_key, payload.clone()).await?;
+            let _: Value = trx.ltrim(history_key, -self.history_size, -1).await?;
+            let _: Value = trx.expire(history_key, self.history_ttl_secs, None).await?;
+            trx.publish::<Value, _, _>(channel, payload).await
+        };
+        queued
             .await
-            .map_err(err)?;
-        let _: Value = trx
-            .expire(history_key, self.history_ttl_secs, None)
-            .await
-            .map_err(err)?;
-        let _: Value = trx.publish(channel, payload).await.map_err(err)?;
-        let _: Value = trx.exec(true).await.map_err(err)?;
+            .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
+        let _: Value = trx.exec(true).await.map_err(command_error)?;
         Ok(())
     }
 }
@@ -127,7 +142,7 @@ impl RedisBroker {
         hub: Hub,
         history_size: usize,
         history_ttl_secs: u64,
-    ) -> Result<Self, BrokerError> {
+    ) -> Result<Self, String> {
         let subscriber = build_client(&parse_url(url)?)?;
         spawn_reader(&subscriber, hub.clone());
         spawn_reconnect_watch(&subscriber, hub);
@@ -140,11 +155,8 @@ impl RedisBroker {
     }
 
     /// Waits up to `limit` for both connections.
-    pub async fn wait_connected(&self, limit: Duration) -> Result<(), BrokerError> {
-        match tokio::time::timeout(limit, self.subscriber.wait_for_connect()).await {
-            Ok(result) => result.map_err(err)?,
-            Err(_) => return Err(format!("redis: no connection within {}s", limit.as_secs())),
-        }
+    pub async fn wait_connected(&self, limit: Duration) -> Result<(), String> {
+        wait_for_connect(&self.subscriber, limit).await?;
         self.publisher.wait_connected(limit).await
     }
 }
@@ -235,8 +247,47 @@ fn spawn_reconnect_watch(subscriber: &Client, hub: Hub) {
     });
 }
 
-fn err(e: Error) -> BrokerError {
-    format!("redis: {}", e.details())
+async fn wait_for_connect(client: &Client, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, client.wait_for_connect()).await {
+        Ok(result) => result.map_err(|e| describe(&e)),
+        Err(_) => Err(format!(
+            "cannot reach Redis: no connection within {} s",
+            limit.as_secs()
+        )),
+    }
+}
+
+/// A failed command, by whether it may still take effect (SPEC §7).
+fn command_error(e: Error) -> BrokerError {
+    match e.kind() {
+        // Written, then no answer or the connection broke: Redis may have
+        // it (a stalled Redis runs its input buffer when it resumes).
+        ErrorKind::Timeout | ErrorKind::IO => BrokerError::OutcomeUnknown(describe(&e)),
+        _ => BrokerError::Unavailable(describe(&e)),
+    }
+}
+
+/// A fred error as a sentence. Its I/O errors carry a Rust debug dump
+/// (`Os { code: 111, kind: ConnectionRefused, message: "Connection
+/// refused" }`): keep the message.
+fn describe(e: &Error) -> String {
+    let details = e.details();
+    match e.kind() {
+        ErrorKind::IO => {
+            let message = details
+                .split_once("message: \"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map_or(details, |(message, _)| message);
+            format!("cannot reach Redis: {message}")
+        }
+        ErrorKind::Timeout => format!(
+            "Redis did not answer within {} s",
+            COMMAND_TIMEOUT.as_secs()
+        ),
+        ErrorKind::Auth => format!("Redis refused the credentials: {details}"),
+        ErrorKind::Url | ErrorKind::Config => format!("redis.url: {details}"),
+        _ => format!("Redis: {details}"),
+    }
 }
 
 impl Broker for RedisBroker {
@@ -251,13 +302,16 @@ impl Broker for RedisBroker {
     fn subscribe<'a>(&'a self, channels: &'a [Box<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
-            self.subscriber.subscribe(names).await.map_err(err)?;
+            self.subscriber
+                .subscribe(names)
+                .await
+                .map_err(command_error)?;
             // fred answers SUBSCRIBE once it is written, and drops Redis's
             // reply. Redis answers one connection's commands in order, so
             // the reply to a PING sent after it on the same connection
             // proves the subscription is live: only then may the caller
             // read the history (see `history`) and say CONNECTED.
-            let _: Value = self.subscriber.ping(None).await.map_err(err)?;
+            let _: Value = self.subscriber.ping(None).await.map_err(command_error)?;
             Ok(())
         })
     }
@@ -268,7 +322,10 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let names: Vec<&str> = channels.iter().map(|c| &**c).collect();
-            self.subscriber.unsubscribe(names).await.map_err(err)
+            self.subscriber
+                .unsubscribe(names)
+                .await
+                .map_err(command_error)
         })
     }
 

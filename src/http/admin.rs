@@ -4,6 +4,7 @@
 
 use super::{reply, upgrade::bearer, App};
 use crate::auth::Admin;
+use crate::broker::BrokerError;
 use crate::publish;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -106,11 +107,23 @@ pub async fn publish(
             &json!({ "id": message.id, "channel": channel }),
         ),
         Err(e) => {
-            tracing::warn!(error = %e, channel, "admin publish failed");
-            reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                "the broker did not accept the message; retry later",
+            tracing::warn!(error = %e, channel, id = %message.id, "admin publish failed");
+            let (status, code, advice) = match e {
+                BrokerError::OutcomeUnknown(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "outcome_unknown",
+                    "Redis did not answer in time: the message may still be delivered; \
+                     retry with the same id (replay and clients drop repeated ids)",
+                ),
+                BrokerError::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "the broker did not accept the message: it was not published; retry later",
+                ),
+            };
+            reply::json(
+                status,
+                &json!({ "error": code, "message": advice, "id": message.id }),
             )
         }
     }
