@@ -102,8 +102,9 @@ impl Publisher {
 
     /// The newest `history_size` entries, oldest first. Bounded even when a
     /// backend skipped the LTRIM: a resume never reads (or replays) more.
+    /// A read has no outcome to be unsure of: it waits for a reconnect
+    /// (bounded by the command timeout), as a catch-up right after one must.
     pub async fn history(&self, key: &str) -> Result<Vec<Bytes>, BrokerError> {
-        self.connected()?;
         self.client
             .lrange(key, -self.history_size, -1)
             .await
