@@ -7,12 +7,12 @@
 //! reconnect every user channel enters *recovery*: once resubscribed, live
 //! messages are held back while the history is read; then the messages
 //! published after the channel's last relayed one are relayed, then the held
-//! ones, skipping duplicates (the same reasoning as a client's `since`
-//! resume, see [`history`](crate::history)). Clients see one ordered stream
-//! with no gap and no duplicate.
+//! ones, skipping duplicates (the same rule as a client's `since` resume,
+//! see [`resume`](crate::resume)). Clients see one ordered stream with no
+//! gap and no duplicate.
 
-use crate::history::{self, Dedupe, DEDUPE_WINDOW};
 use crate::protocol::Published;
+use crate::resume::{self, Dedupe, Horizon, Point, DEDUPE_WINDOW};
 use crate::wire::Wire;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,27 +74,17 @@ pub struct Channel {
     pub members: Members,
     /// True once the broker confirmed the subscription.
     pub confirmed: bool,
-    /// The last message relayed here: where a catch-up resumes.
-    position: Position,
+    /// The last message relayed here (or the channel's creation): where a
+    /// catch-up resumes.
+    position: Point,
     /// From a broker reconnect until the catch-up.
     recovery: Option<Box<Recovery>>,
     /// After a catch-up: live messages it already relayed.
     dedupe: Option<Box<Dedupe>>,
 }
 
-/// Where a channel's stream stands.
-#[derive(Clone, Debug)]
-struct Position {
-    /// Id of the last relayed message that had one.
-    id: Option<Arc<str>>,
-    /// Its `ts` (or when the channel was created), in ms since the epoch:
-    /// the fallback when the id is no longer in the history (Redis
-    /// restarted empty, or the list was trimmed past it).
-    ts_ms: u64,
-}
-
 struct Recovery {
-    from: Position,
+    from: Point,
     held: Vec<Arc<Published>>,
 }
 
@@ -103,10 +93,7 @@ impl Channel {
         Self {
             members: Members::default(),
             confirmed: false,
-            position: Position {
-                id: None,
-                ts_ms: now_ms,
-            },
+            position: Point::at(now_ms),
             recovery: None,
             dedupe: None,
         }
@@ -128,19 +115,23 @@ impl Channel {
             }
             return;
         }
-        if history::skip(&mut self.dedupe, message) {
+        if resume::skip(&mut self.dedupe, message) {
             return;
         }
         self.advance(message);
         out.push(message.clone());
     }
 
-    /// Moves the position past a relayed message.
+    /// Moves the position past a relayed message that has an id (one
+    /// without cannot be found again), keeping the last known time for an
+    /// id that has none: the fallback when the id is no longer in the
+    /// history (Redis restarted empty, or the list was trimmed past it).
     fn advance(&mut self, message: &Published) {
-        if let Some(id) = &message.id {
-            self.position = Position {
-                id: Some(id.clone()),
-                ts_ms: message.ts.unwrap_or(self.position.ts_ms),
+        if message.id.is_some() {
+            let time_ms = Point::after(message).time_ms.or(self.position.time_ms);
+            self.position = Point {
+                time_ms,
+                ..Point::after(message)
             };
         }
     }
@@ -181,21 +172,22 @@ impl Channel {
     }
 }
 
-/// The history entries after `from`: after its id when the history still
-/// has it, else those at least as new by `ts` (entries without `ts` cannot
-/// be placed and are left out).
-fn missed_since(history: &[Arc<Published>], from: &Position) -> Vec<Arc<Published>> {
-    if let Some(id) = &from.id {
-        let replay = history::after(history, id);
-        if replay.recovered {
-            return replay.messages;
-        }
+/// The history entries after `from`, by the client's resume rule.
+fn missed_since(history: &[Arc<Published>], from: &Point) -> Vec<Arc<Published>> {
+    // Expiry does not matter here: a channel's position is never older
+    // than this process.
+    let horizon = Horizon {
+        now_ms: 0,
+        ttl_ms: u64::MAX,
+    };
+    let replay = resume::replay(history, from, horizon);
+    if !replay.recovered {
+        tracing::warn!(
+            "the history no longer reaches back to where the channel was; \
+             messages published while Redis was away may be missing"
+        );
     }
-    history
-        .iter()
-        .filter(|m| m.ts.is_some_and(|ts| ts >= from.ts_ms) && m.id != from.id)
-        .cloned()
-        .collect()
+    replay.messages
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@
 
 use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
-use crate::history::{self, Dedupe, Replay, DEDUPE_WINDOW};
 use crate::hub::{Hub, Refused};
 use crate::protocol::{self, close, ClientMessage};
+use crate::resume::{self, Dedupe, Horizon, Point, Replay, DEDUPE_WINDOW};
 use crate::wire::{CloseReason, Wire, WireStream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
@@ -41,6 +41,8 @@ pub struct Sessions {
     pub broker: Arc<dyn Broker>,
     pub instance: Arc<str>,
     pub history_key_prefix: String,
+    /// How long a history list lives (`redis.history_ttl_secs`).
+    pub history_ttl: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub send_queue: usize,
@@ -162,13 +164,15 @@ pub async fn run(
             return;
         }
     };
-    // Subscribed before the history is read: see `history`. Live messages
+    // Subscribed before the history is read: see `resume`. Live messages
     // are held by the wire until CONNECTED and the replay are out.
     if let Some(ready) = registration.ready.take() {
         if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
             tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
         }
     }
+    // The client's resume point until its first message (SPEC §4).
+    let resume_point = ulid::Ulid::new().to_string();
     let replay = match &since {
         Some(since) => Some(sessions.replay(&who.user_id, since).await),
         None => None,
@@ -184,6 +188,7 @@ pub async fn run(
     );
 
     let hello = protocol::connected(
+        &resume_point,
         &connection_id,
         &who.user_id,
         &sessions.instance,
@@ -223,8 +228,12 @@ impl Sessions {
     /// reported as not recovered: the client re-fetches its state.
     async fn replay(&self, user_id: &str, since: &str) -> Replay {
         let key = format!("{}{user_id}", self.history_key_prefix);
+        let horizon = Horizon {
+            now_ms: crate::publish::unix_millis(),
+            ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX),
+        };
         match self.broker.history(&key).await {
-            Ok(entries) => history::after(&history::parse(entries), since),
+            Ok(entries) => resume::replay(&resume::parse(entries), &Point::since(since), horizon),
             Err(e) => {
                 tracing::warn!(error = %e, user = %user_id, "history read failed; not recovered");
                 Replay {

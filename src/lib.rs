@@ -12,7 +12,9 @@
 //!   (slow consumers → 4008), and the stream tungstenite reads through.
 //! - [`hub`]: who is connected; channel membership and fan-out.
 //! - [`channel`]: one channel's members, position, and catch-up after a
-//!   Redis reconnect; [`history`]: resume without gap or duplicate.
+//!   Redis reconnect; [`resume`]: where a stream was left in a user's
+//!   history, and merging a replay with the live stream (both the client's
+//!   `since` and the catch-up use it).
 //! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
 //! - [`canary`]: the delivery round trip behind readiness.
 //! - [`broker`]: Redis (fred) or the embedded in-memory broker.
@@ -32,11 +34,11 @@ pub mod canary;
 pub mod channel;
 pub mod config;
 pub mod connection;
-pub mod history;
 pub mod http;
 pub mod hub;
 pub mod protocol;
 pub mod publish;
+pub mod resume;
 pub mod server;
 pub mod shutdown;
 pub mod subscriptions;

@@ -160,8 +160,11 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ClientError> {
 }
 
 /// Frames the gateway itself sends.
-/// The first frame (SPEC §4). `recovered` is None without `since`.
+/// The first frame (SPEC §4): `id` is the connection's resume point (a ULID
+/// of when its subscriptions were confirmed); `recovered` is None without
+/// `since`.
 pub fn connected(
+    id: &str,
     connection_id: &str,
     user_id: &str,
     instance: &str,
@@ -171,6 +174,7 @@ pub fn connected(
 ) -> Utf8Bytes {
     frame(json!({
         "type": "CONNECTED",
+        "id": id,
         "data": {
             "connection_id": connection_id,
             "user_id": user_id,

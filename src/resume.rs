@@ -1,18 +1,28 @@
-//! Resume without gap or duplicate (SPEC §4): merging a user's history list
-//! with the live stream.
+//! Resume without gap or duplicate (SPEC §4): where a client (or, after a
+//! Redis reconnect, a channel) left off in a user's history, and merging
+//! the replay with the live stream. The client's `since` resume and the
+//! channel catch-up both use [`replay`] and [`Dedupe`]; SSE's
+//! `Last-Event-ID` and Socket.IO's offset will too.
 //!
-//! The order of events is what makes it exact: the gateway subscribes first,
-//! then reads the history. Every message is therefore in the history read,
-//! in the live stream, or in both; and the ones in both are exactly those
-//! published between the subscription and the read. The canonical publish
-//! path appends and publishes in one transaction, so the live stream comes
-//! in history order: the duplicates are a prefix of it, ending at the last
-//! message of the history read. So:
+//! The order of events is what makes it exact: the gateway subscribes first
+//! (confirmed by Redis), then reads the history. Every message is therefore
+//! in the history read, in the live stream, or in both; and the ones in both
+//! are exactly those published between the subscription and the read. The
+//! canonical publish path appends and publishes in one transaction, so the
+//! live stream comes in history order: the duplicates are a prefix of it,
+//! ending at the last message of the history read. So:
 //!
-//! - replay = the history entries after the client's last id;
+//! - replay = the history entries after the resume point;
 //! - then live, skipping ids that were replayed, until the last replayed id
 //!   shows up live (or a time limit passes: it never shows up when it was
 //!   published before the subscription, and then there are no duplicates).
+//!
+//! The resume point is the id of the last message seen, on any channel. A
+//! broadcast's id is not in the user's history; when the id is not found
+//! but is a ULID (or, for a channel, its last message had a `ts`), the point
+//! is placed by time: every entry newer than it, looking back
+//! [`CLOCK_SKEW`] more, so that nothing is skipped for a publisher's clock
+//! being ahead; what comes a second time clients drop by id.
 
 use crate::protocol::{validate_published, Published};
 use bytes::Bytes;
@@ -24,13 +34,103 @@ use std::time::{Duration, Instant};
 /// for any message published before the history read to arrive live.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(30);
 
-/// What to replay after a given id.
+/// How far the time rule looks back beyond the resume point's time: the
+/// clock skew allowed between publishers and gateways.
+pub const CLOCK_SKEW_MS: u64 = 2_000;
+
+/// What to replay after a resume point.
 #[derive(Debug, PartialEq)]
 pub struct Replay {
-    /// Whether the id was found (false: trimmed, expired or unknown).
+    /// Whether the history reaches back to the point: false when it was
+    /// trimmed or expired past it, or the point cannot be placed.
     pub recovered: bool,
-    /// The messages after it, oldest first.
+    /// The messages after it, oldest first, each id once.
     pub messages: Vec<Arc<Published>>,
+}
+
+/// Where a stream was left: the id of the last message seen, and its time
+/// (ms since the epoch) when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub id: Option<Arc<str>>,
+    pub time_ms: Option<u64>,
+}
+
+impl Point {
+    /// A client's `since`: placed by its ULID time when not found.
+    pub fn since(id: &str) -> Self {
+        Self {
+            id: Some(id.into()),
+            time_ms: ulid_ms(id),
+        }
+    }
+
+    /// Just after `message` (its ULID time, else its `ts`).
+    pub fn after(message: &Published) -> Self {
+        Self {
+            id: message.id.clone(),
+            time_ms: time_of(message),
+        }
+    }
+
+    /// A moment with no message yet (a channel's creation).
+    pub fn at(time_ms: u64) -> Self {
+        Self {
+            id: None,
+            time_ms: Some(time_ms),
+        }
+    }
+}
+
+/// How old a history may be: lists expire `ttl_ms` after their last write.
+#[derive(Debug, Clone, Copy)]
+pub struct Horizon {
+    pub now_ms: u64,
+    pub ttl_ms: u64,
+}
+
+/// The time of a ULID id, in ms since the epoch.
+fn ulid_ms(id: &str) -> Option<u64> {
+    ulid::Ulid::from_string(id).ok().map(|u| u.timestamp_ms())
+}
+
+/// When a message was published: its ULID id's time, else its `ts`.
+fn time_of(message: &Published) -> Option<u64> {
+    message.id.as_deref().and_then(ulid_ms).or(message.ts)
+}
+
+/// What to replay from `history` (oldest first) after `from`: the entries
+/// after its id when the history has it, else those placed at or after its
+/// time minus [`CLOCK_SKEW_MS`] (entries that have neither a ULID id nor a
+/// `ts` cannot be placed and are left out).
+pub fn replay(history: &[Arc<Published>], from: &Point, horizon: Horizon) -> Replay {
+    if let Some(id) = &from.id {
+        let found = after(history, id);
+        if found.recovered {
+            return found;
+        }
+    }
+    let Some(time_ms) = from.time_ms else {
+        return Replay {
+            recovered: false,
+            messages: Vec::new(),
+        };
+    };
+    let cutoff = time_ms.saturating_sub(CLOCK_SKEW_MS);
+    let newer: Vec<_> = history
+        .iter()
+        .filter(|m| time_of(m).is_some_and(|t| t >= cutoff))
+        .cloned()
+        .collect();
+    let recovered = match history.iter().find_map(|m| time_of(m)) {
+        Some(oldest) => oldest <= time_ms,
+        None if history.is_empty() => horizon.now_ms.saturating_sub(time_ms) < horizon.ttl_ms,
+        None => false,
+    };
+    Replay {
+        recovered,
+        messages: unique(&newer, from.id.as_deref().unwrap_or_default()),
+    }
 }
 
 /// Parses a history list (oldest first) into messages, skipping entries that
@@ -42,12 +142,13 @@ pub fn parse(history: Vec<Bytes>) -> Vec<Arc<Published>> {
         .collect()
 }
 
-/// The messages of `history` after the one with id `since`, each id once.
+/// The messages of `history` after the one with id `since`, each id once;
+/// not recovered when the id is not there.
 ///
 /// A publish retried after a timeout (SPEC §7) can leave one id twice in
 /// the history: the replay starts after its *first* occurrence (starting
 /// after the last could skip what came between) and sends every id once.
-pub fn after(history: &[Arc<Published>], since: &str) -> Replay {
+fn after(history: &[Arc<Published>], since: &str) -> Replay {
     match history.iter().position(|m| m.id.as_deref() == Some(since)) {
         Some(i) => Replay {
             recovered: true,
@@ -153,6 +254,60 @@ mod tests {
         assert!(r.recovered && r.messages.is_empty());
         let r = after(&history, "gone");
         assert!(!r.recovered && r.messages.is_empty());
+    }
+
+    /// A message with a ULID id of time `ms`.
+    fn at(ms: u64) -> Arc<Published> {
+        let id = ulid::Ulid::from_parts(ms, u128::from(ms)).to_string();
+        let text = format!(r#"{{"type":"SEQ","id":"{id}"}}"#);
+        Arc::new(validate_published(Bytes::from(text)).unwrap())
+    }
+
+    fn ulid_at(ms: u64) -> String {
+        ulid::Ulid::from_parts(ms, 7).to_string()
+    }
+
+    const NOW: Horizon = Horizon {
+        now_ms: 100_000,
+        ttl_ms: 50_000,
+    };
+
+    #[test]
+    fn an_unknown_ulid_is_placed_by_time_with_the_skew_margin() {
+        let history: Vec<_> = [10_000, 20_000, 21_000, 23_000].map(at).to_vec();
+        // A broadcast seen at 22 s: from 20 s on (2 s look-back).
+        let r = replay(&history, &Point::since(&ulid_at(22_000)), NOW);
+        assert!(r.recovered, "the history reaches back to 22 s");
+        assert_eq!(r.messages, history[1..]);
+        // Older than the oldest entry: everything, but not recovered.
+        let r = replay(&history, &Point::since(&ulid_at(5_000)), NOW);
+        assert!(!r.recovered);
+        assert_eq!(r.messages, history);
+        // An id that is neither found nor a ULID cannot be placed.
+        let r = replay(&history, &Point::since("gone"), NOW);
+        assert!(!r.recovered && r.messages.is_empty());
+    }
+
+    #[test]
+    fn entries_are_placed_by_ulid_else_ts_else_not_at_all() {
+        let entry =
+            |text: &str| Arc::new(validate_published(Bytes::from(text.to_string())).unwrap());
+        let history = vec![
+            entry(r#"{"type":"A","id":"a","ts":30000}"#),
+            entry(r#"{"type":"B","id":"b"}"#),
+            at(31_000),
+        ];
+        let r = replay(&history, &Point::since(&ulid_at(29_000)), NOW);
+        assert_eq!(ids(&r.messages), ["a", &*history[2].id.clone().unwrap()]);
+        assert!(!r.recovered, "the oldest entry (30 s) is newer than 29 s");
+    }
+
+    #[test]
+    fn an_empty_history_reaches_back_within_its_ttl() {
+        let young = Point::since(&ulid_at(NOW.now_ms - 1_000));
+        assert!(replay(&[], &young, NOW).recovered);
+        let old = Point::since(&ulid_at(NOW.now_ms - NOW.ttl_ms - 1));
+        assert!(!replay(&[], &old, NOW).recovered);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! (fred only logs failed resubscriptions, so we do not rely on it).
 
 use crate::broker::{Broker, BrokerError};
-use crate::history;
 use crate::hub::{Hub, Pending};
+use crate::resume;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +75,7 @@ async fn catch_up(hub: Hub, broker: Arc<dyn Broker>) {
         };
         let key = names.history_key(user);
         let history = match broker.history(&key).await {
-            Ok(entries) => Some(history::parse(entries)),
+            Ok(entries) => Some(resume::parse(entries)),
             Err(e) => {
                 tracing::warn!(error = %e, channel = &*channel, "history read failed; messages published while Redis was away are not delivered");
                 None

@@ -27,9 +27,9 @@
 //! are non-blocking (`try_write`), nothing under it awaits, and only this
 //! connection's own writers ever wait for it.
 
-use crate::history::{self, Dedupe};
 use crate::lock;
 use crate::protocol::Published;
+use crate::resume::{self, Dedupe};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -273,7 +273,7 @@ impl State {
                 self.queued += 1;
                 continue;
             }
-            if history::skip(&mut self.dedupe, published) {
+            if resume::skip(&mut self.dedupe, published) {
                 continue;
             }
             let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), delivered);

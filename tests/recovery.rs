@@ -146,3 +146,103 @@ async fn resume_reads_at_most_history_size_entries() {
     assert_eq!(d["replayed"], 49, "{d}");
     assert_eq!(c.next_json().await["id"], "h451");
 }
+
+/// POSTs `body` to an admin publishing `path`; returns the message id.
+async fn post_message(gw: &Gateway, path: &str, body: Value) -> String {
+    let r = gw
+        .post_bearer(path, &admin_token(), body.to_string().as_bytes())
+        .await;
+    assert_eq!(r.status, 202, "POST {path}: {}", r.text());
+    r.json()["id"].as_str().expect("id").to_string()
+}
+
+/// The time of a ULID, in ms since the epoch.
+fn ulid_ms(id: &str) -> u64 {
+    ulid::Ulid::from_string(id)
+        .unwrap_or_else(|e| panic!("{id:?} is not a ULID: {e}"))
+        .timestamp_ms()
+}
+
+/// SPEC §4: a client keeps the id of the last message it saw, whatever its
+/// channel. Reproduces the report: a user message, a broadcast, a gateway
+/// restart, a user message published while it was down; the client resumes
+/// with the broadcast's id (not in the user's history) and must get the
+/// missed user message, with `recovered: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_a_broadcast_id_after_a_restart() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let opts = ConnectOpts::token(&token("42", &[]));
+    let mut c = gw.connect_raw(&opts).await.expect("connect");
+    let hello = c.next_json().await;
+    assert_eq!(hello["type"], "CONNECTED", "{hello}");
+    let connected_id = hello["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CONNECTED carries a top-level ULID id (SPEC §4): {hello}"));
+    let age = ulid_ms(connected_id).abs_diff(now_secs() * 1000);
+    assert!(age < 60_000, "CONNECTED id is of the connect time: {hello}");
+
+    let u1 = post_message(&gw, "/ws/test-message/42", json!({"type": "U1"})).await;
+    assert_eq!(c.next_json().await["id"], u1.as_str());
+    let b1 = post_message(&gw, "/ws/broadcast", json!({"type": "B1"})).await;
+    assert_eq!(c.next_json().await["id"], b1.as_str());
+    drop(c);
+    drop(gw);
+
+    // Published while no gateway runs, through the canonical path.
+    let u2 = ulid::Ulid::new().to_string();
+    let msg = format!(r#"{{"type":"U2","id":"{u2}"}}"#);
+    let mut conn = redis.conn().await;
+    let acked = conn
+        .publish_canonical("42", msg.as_bytes(), 100, WAIT_TIMEOUT)
+        .await
+        .expect("publish");
+    assert!(acked);
+
+    let gw = gateway().redis(&redis).start().await;
+    let (mut c, d) = connect_since(&gw, "42", &b1).await;
+    assert_eq!(d["recovered"], true, "since a broadcast's ULID: {d}");
+    // By time, with a 2 s look-back: U1 may come again (the client drops
+    // it by id); U2 must come, and nothing after it.
+    let mut got = Vec::new();
+    for _ in 0..d["replayed"].as_u64().expect("replayed") {
+        got.push(c.next_json().await["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got.last(), Some(&u2), "replayed {got:?}");
+    assert!(got.iter().all(|id| *id == u1 || *id == u2), "{got:?}");
+
+    // CONNECTED's id is a resume point too: everything since the connect.
+    // The history starts after it (U1), so by SPEC §4's rule it cannot tell
+    // a trimmed history from a new one: recovered is false.
+    let (_c, d) = connect_since(&gw, "42", connected_id).await;
+    assert_eq!(d["replayed"], 2, "U1 and U2 since the first connect: {d}");
+    assert_eq!(d["recovered"], false, "{d}");
+}
+
+/// The ULID rule's `recovered` (SPEC §4): true when the history reaches
+/// back to the ULID's time (an empty one: when the ULID is younger than
+/// history_ttl_secs), false when it was trimmed past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ulid_since_not_in_history_is_placed_by_time() {
+    let gw = gateway()
+        .env("GATEWAY_REDIS_HISTORY_SIZE", "2")
+        .start()
+        .await;
+    let fresh = ulid::Ulid::new().to_string();
+    let (_c, d) = connect_since(&gw, "7", &fresh).await;
+    assert_eq!(d["recovered"], true, "empty history, fresh ULID: {d}");
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+    let old = ulid::Ulid::from_datetime(month_ago).to_string();
+    let (_c, d) = connect_since(&gw, "7", &old).await;
+    assert_eq!(
+        d["recovered"], false,
+        "empty history, ULID older than the TTL: {d}"
+    );
+
+    let ids = publish_n(&gw, "7", 3, "trimmed").await;
+    // The oldest entry (ids[1]) is newer than a month ago: trimmed past it.
+    let (mut c, d) = connect_since(&gw, "7", &old).await;
+    assert_eq!(d["recovered"], false, "{d}");
+    assert_eq!(d["replayed"], 2, "still everything newer: {d}");
+    assert_eq!(c.next_json().await["id"], ids[1].as_str());
+}
