@@ -12,6 +12,11 @@ async fn embedded_broker_delivers() {
     assert_eq!(h["broker"], "memory", "{h}");
     assert_eq!(h["broker_up"], true, "{h}");
     assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["draining"], false, "{h}");
+    // The canary runs through the embedded broker too; fresh = within three
+    // intervals of the default 5 s.
+    let age = h["canary_age_ms"].as_u64();
+    assert!(age.is_some_and(|a| a <= 15_000), "canary_age_ms: {h}");
     assert_eq!(gw.get("/readyz").await.status, 200, "/readyz");
 
     let mut a1 = gw.user("42", &[]).await;
