@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
@@ -295,6 +296,35 @@ async fn broadcast_endpoint_and_aliases() {
     assert_eq!(r.json()["channel"], "ws:user:43");
     let v = b.next_json().await;
     assert_eq!(v["type"], "NOTIFICATION", "{v}");
+    assert_eq!(v["id"], r.json()["id"], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_refuses_an_empty_body() {
+    let gw = gateway().start().await;
+    let mut c = gw.user("42", &[]).await;
+    let admin = admin_token();
+    for path in ["/ws/broadcast", "/api/socket/notify/system"] {
+        for body in [&b""[..], b" \r\n\t "] {
+            let r = gw.post_bearer(path, &admin, body).await;
+            assert_eq!(
+                r.status,
+                400,
+                "POST {path} with body {body:?} must not publish a default message to everyone: {}",
+                r.text()
+            );
+            r.assert_error(400, "bad_request");
+        }
+    }
+    c.expect_silence(Duration::from_millis(300)).await;
+
+    // The client does receive broadcasts: the silence above means something.
+    let r = gw
+        .post_bearer("/ws/broadcast", &admin, br#"{"type":"SYSTEM_ALERT"}"#)
+        .await;
+    assert_eq!(r.status, 202, "/ws/broadcast: {}", r.text());
+    let v = c.next_json().await;
+    assert_eq!(v["type"], "SYSTEM_ALERT", "{v}");
     assert_eq!(v["id"], r.json()["id"], "{v}");
 }
 
