@@ -113,6 +113,10 @@ impl Verifier {
             }
             let mut v = Validation::new(alg);
             v.leeway = auth.leeway_secs;
+            // jsonwebtoken checks `nbf` only when asked to; a token that is
+            // not valid yet is refused like any invalid one (SPEC §4), with
+            // the same leeway as `exp`.
+            v.validate_nbf = true;
             // Tokens without `exp` are accepted (they never expire), as in
             // Centrifugo; an `exp` that is present is always checked.
             v.required_spec_claims.clear();

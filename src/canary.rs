@@ -56,11 +56,11 @@ impl Canary {
         self.ok_ms.store(now_ms.max(1), Relaxed);
     }
 
-    /// Whether a round trip completed within `max_age`.
-    pub fn fresh(&self, max_age: Duration) -> bool {
+    /// How long ago the last round trip completed; None before the first.
+    pub fn age(&self) -> Option<Duration> {
         let ok_ms = self.ok_ms.load(Relaxed);
         let now_ms = self.started.elapsed().as_millis() as u64;
-        ok_ms > 0 && now_ms.saturating_sub(ok_ms) <= max_age.as_millis() as u64
+        (ok_ms > 0).then(|| Duration::from_millis(now_ms.saturating_sub(ok_ms)))
     }
 }
 

@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: `gateway.toml` + `GATEWAY_*` environment + flags, validated.
-//! - [`auth`]: JWT verification, admin checks, token minting.
+//! - [`auth`]: JWT verification, admin checks, token minting;
+//!   [`dev_secret`]: dev mode's secret, kept in a file `token` shares.
 //! - [`server`]: start-up and shutdown: builds everything below and runs it.
 //! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
 //! - [`connection`]: one client's session: resume, reads, heartbeat, close.
@@ -34,6 +35,7 @@ pub mod canary;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod dev_secret;
 pub mod http;
 pub mod hub;
 pub mod protocol;

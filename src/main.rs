@@ -7,7 +7,7 @@ use std::time::Duration;
 use ws_gateway::broker::redis::Publisher;
 use ws_gateway::broker::BrokerError;
 use ws_gateway::config::{self, Loaded, Overrides};
-use ws_gateway::{auth, publish, server};
+use ws_gateway::{auth, dev_secret, publish, server};
 
 #[derive(Parser)]
 #[command(
@@ -191,12 +191,19 @@ fn check_config(config: ConfigArg) -> ExitCode {
                 });
             println!("# effective configuration (from {from}); secrets redacted");
             if loaded.config.auth.has_no_keys() {
+                let secret = match dev_secret::path() {
+                    Ok(path) => format!(
+                        "`serve` and `token` sign with the secret kept in {} (created on first use)",
+                        path.display()
+                    ),
+                    Err(e) => format!("{e}: `serve` generates a secret for each run"),
+                };
                 println!(
-                    "# dev mode: no auth key material; `serve` generates a secret{}",
+                    "# dev mode: no auth key material; {secret}{}",
                     if loaded.listen_was_set {
                         ""
                     } else {
-                        " and listens on 127.0.0.1:8080"
+                        "; `serve` listens on 127.0.0.1:8080"
                     }
                 );
             }
@@ -208,11 +215,30 @@ fn check_config(config: ConfigArg) -> ExitCode {
 }
 
 fn token(config: ConfigArg, sub: &str, roles: &[String], ttl: Duration) -> ExitCode {
-    let loaded = match load(&config, Vec::new()) {
+    let mut loaded = match load(&config, Vec::new()) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    match auth::mint(&loaded.config.auth, &auth::Mint { sub, roles, ttl }) {
+    let auth = &mut loaded.config.auth;
+    if auth.has_no_keys() {
+        // Dev mode (SPEC §9): sign with the secret a dev-mode `serve` uses.
+        match dev_secret::load_or_create() {
+            Ok(kept) => {
+                eprintln!(
+                    "note: no auth key configured: signed with the dev-mode secret kept in {}",
+                    kept.path.display()
+                );
+                auth.secret = kept.secret;
+            }
+            Err(e) => {
+                return fail(format!(
+                    "no auth key is configured (auth.secret or GATEWAY_AUTH_SECRET, secret_file, \
+                     public_key_file, jwks_file) and the dev-mode secret cannot be used: {e}"
+                ))
+            }
+        }
+    }
+    match auth::mint(auth, &auth::Mint { sub, roles, ttl }) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

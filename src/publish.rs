@@ -13,14 +13,26 @@ pub struct Prepared {
     pub bytes: Bytes,
 }
 
-/// Prepares a message from a request body: empty means a default test
-/// NOTIFICATION. Errors say what is wrong, for a 400.
-pub fn from_body(body: &[u8]) -> Result<Prepared, String> {
+/// What a request body with nothing in it (or only whitespace) means.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IfEmpty {
+    /// A default test NOTIFICATION, for one user (`/ws/test-message/{id}`).
+    TestNotification,
+    /// A 400: a broadcast is never a default message to everyone (SPEC §7).
+    Refuse,
+}
+
+/// Prepares a message from a request body; `if_empty` says what a blank
+/// one means. Errors say what is wrong, for a 400.
+pub fn from_body(body: &[u8], if_empty: IfEmpty) -> Result<Prepared, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return prepare(json!({
-            "type": "NOTIFICATION",
-            "data": { "title": "Test message", "message": "Hello from ws-gateway" }
-        }));
+        return match if_empty {
+            IfEmpty::TestNotification => prepare(json!({
+                "type": "NOTIFICATION",
+                "data": { "title": "Test message", "message": "Hello from ws-gateway" }
+            })),
+            IfEmpty::Refuse => Err("the body is empty: send a message (§3)".into()),
+        };
     }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
@@ -76,10 +88,10 @@ mod tests {
 
     #[test]
     fn fills_id_and_ts_and_keeps_given_ones() {
-        let p = from_body(br#"{"type":"X","id":"abc","ts":5}"#).unwrap();
+        let p = from_body(br#"{"type":"X","id":"abc","ts":5}"#, IfEmpty::Refuse).unwrap();
         assert_eq!(p.id, "abc");
         assert_eq!(&p.bytes[..], br#"{"type":"X","id":"abc","ts":5}"#);
-        let p = from_body(b"").unwrap();
+        let p = from_body(b"", IfEmpty::TestNotification).unwrap();
         let v: Value = serde_json::from_slice(&p.bytes).unwrap();
         assert_eq!(v["type"], "NOTIFICATION");
         assert_eq!(v["id"], p.id.as_str());
@@ -88,10 +100,13 @@ mod tests {
 
     #[test]
     fn refuses_non_messages() {
-        assert!(from_body(b"[1]").is_err());
-        assert!(from_body(br#"{"x":1}"#).is_err());
-        assert!(from_body(br#"{"type":1}"#).is_err());
-        assert!(from_body(br#"{"type":"X","id":7}"#).is_err());
-        assert!(from_body(b"nope").is_err());
+        let user = IfEmpty::TestNotification;
+        assert!(from_body(b"[1]", user).is_err());
+        assert!(from_body(br#"{"x":1}"#, user).is_err());
+        assert!(from_body(br#"{"type":1}"#, user).is_err());
+        assert!(from_body(br#"{"type":"X","id":7}"#, user).is_err());
+        assert!(from_body(b"nope", user).is_err());
+        assert!(from_body(b"", IfEmpty::Refuse).is_err());
+        assert!(from_body(b" \r\n\t", IfEmpty::Refuse).is_err());
     }
 }

@@ -7,7 +7,8 @@ use crate::broker::Broker;
 use crate::config::{Config, Loaded, DEV_LISTEN};
 use crate::http::{self, App};
 use crate::hub::{ChannelNames, Hub};
-use crate::{canary, shutdown, subscriptions};
+use crate::{canary, dev_secret, shutdown, subscriptions};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,14 +25,26 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub async fn run(loaded: Loaded) -> Result<(), String> {
     let mut config = loaded.config;
     let dev_mode = config.auth.has_no_keys();
+    // Where dev mode's secret is kept; None while it lives in memory only.
+    let mut dev_secret_file = None;
     if dev_mode {
-        config.auth.secret = random_secret();
+        match dev_secret::load_or_create() {
+            Ok(kept) => {
+                config.auth.secret = kept.secret;
+                dev_secret_file = Some(kept.path);
+            }
+            Err(e) => {
+                tracing::warn!("{e}; dev mode falls back to a secret in memory");
+                config.auth.secret = dev_secret::generate();
+            }
+        }
         if !loaded.listen_was_set {
             config.server.listen = DEV_LISTEN.into();
         }
         tracing::warn!(
             "dev mode: no auth key configured (auth.secret, secret_file, public_key_file or jwks_file); \
-             using a generated secret valid for this run only. Do not use dev mode in production."
+             signing with {}. Do not use dev mode in production.",
+            describe_dev_secret(dev_secret_file.as_deref())
         );
     }
     let verifier = Verifier::new(&config.auth)?;
@@ -64,7 +77,7 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
         .map_err(|e| format!("server.listen: {e}"))?;
     tracing::info!(%addr, instance = %instance, broker = broker.kind(), "listening");
     if dev_mode {
-        print_dev_banner(&config, addr)?;
+        print_dev_banner(&config, addr, dev_secret_file.as_deref())?;
     }
 
     let drain_window = Duration::from_secs(config.server.shutdown_drain_secs);
@@ -126,13 +139,24 @@ fn instance_id() -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-fn random_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Which secret dev mode signs with, for its warning.
+fn describe_dev_secret(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!(
+            "the dev-mode secret kept in {} (`ws-gateway token --sub ID [--roles ...]` uses it too)",
+            path.display()
+        ),
+        None => "a generated secret valid for this run only".into(),
+    }
 }
 
-/// Prints what a new user needs to see an event arrive (SPEC §9).
-fn print_dev_banner(config: &Config, addr: std::net::SocketAddr) -> Result<(), String> {
+/// Prints what a new user needs to see an event arrive (SPEC §9);
+/// `secret_file` is where the secret is kept, if it is.
+fn print_dev_banner(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    secret_file: Option<&Path>,
+) -> Result<(), String> {
     let mint = |sub: &str, roles: &[String]| {
         auth::mint(
             &config.auth,
@@ -150,14 +174,25 @@ fn print_dev_banner(config: &Config, addr: std::net::SocketAddr) -> Result<(), S
     } else {
         addr.to_string()
     };
+    let (lifetime, more_tokens) = match secret_file {
+        Some(path) => (
+            format!(
+                "also after a restart: the secret is kept in {}",
+                path.display()
+            ),
+            "\n  more tokens:           ws-gateway token --sub ID [--roles a,b]",
+        ),
+        None => ("this run only".to_string(), ""),
+    };
     println!(
         "\n\
-         ws-gateway is running in dev mode (tokens valid for 24 h, this run only)\n\
+         ws-gateway is running in dev mode (tokens valid for 24 h, {lifetime})\n\
          \n  user token (sub=demo): {user}\
          \n  admin token:           {admin}\
          \n\
          \n  test console:          http://{host}/socket-test.html#token={user}&admin={admin}&autoconnect\
-         \n  publish a test event:  curl -X POST -H 'Authorization: Bearer {admin}' http://{host}/ws/test-message/demo\n"
+         \n  publish a test event:  curl -X POST -H 'Authorization: Bearer {admin}' http://{host}/ws/test-message/demo\
+         {more_tokens}\n"
     );
     Ok(())
 }

@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
@@ -37,6 +38,91 @@ async fn health_and_readiness() {
         "version should name {}: {h}",
         env!("CARGO_PKG_VERSION")
     );
+}
+
+/// One answer of `/ws/health` and one of `/readyz`: status and JSON body.
+struct Probes {
+    health: (u16, Value),
+    ready: (u16, Value),
+}
+
+async fn probes(gw: &Gateway) -> Probes {
+    let health = gw.get("/ws/health").await;
+    let ready = gw.get("/readyz").await;
+    Probes {
+        health: (health.status, health.json()),
+        ready: (ready.status, ready.json()),
+    }
+}
+
+/// Polls both endpoints until both answer `status` (bounded by
+/// [`WAIT_TIMEOUT`]); whether they did, and their last answers.
+async fn wait_probes(gw: &Gateway, status: u16) -> (bool, Probes) {
+    let last = std::cell::RefCell::new(None);
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        let p = probes(gw).await;
+        let both = p.health.0 == status && p.ready.0 == status;
+        *last.borrow_mut() = Some(p);
+        both
+    })
+    .await;
+    (ok, last.into_inner().expect("probed at least once"))
+}
+
+/// Asserts both endpoints report a Redis broker that is up and delivering.
+fn assert_delivering(p: &Probes) {
+    let (status, h) = &p.health;
+    assert_eq!(*status, 200, "/ws/health: {h}");
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["broker"], "redis", "{h}");
+    assert_eq!(h["broker_up"], true, "{h}");
+    assert_eq!(h["draining"], false, "{h}");
+    // Canary interval 1 s: fresh means a round trip within 3 s.
+    let age = h["canary_age_ms"].as_u64();
+    assert!(age.is_some_and(|a| a <= 3000), "fresh canary_age_ms: {h}");
+    assert_eq!(p.ready, (200, json!({ "status": "ready" })), "/readyz");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_the_delivery_canary() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_REDIS_CANARY_INTERVAL_SECS", "1")
+        .start()
+        .await;
+    assert_delivering(&probes(&gw).await);
+
+    // Redis holds every PUBLISH, so no canary can come back, while the
+    // connections stay up. (WRITE rather than ALL: under ALL, Redis 7.0
+    // holds the CLIENT UNPAUSE below too.)
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "60000", "WRITE"]), "OK");
+    let (stale, p) = wait_probes(&gw, 503).await;
+    let ((_, h), (_, r)) = (&p.health, &p.ready);
+    assert!(
+        stale,
+        "both should turn 503 within {WAIT_TIMEOUT:?} of CLIENT PAUSE WRITE \
+         (canary interval 1 s): /ws/health {h}, /readyz {r}"
+    );
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["broker_up"], true, "{h}");
+    assert_eq!(h["draining"], false, "{h}");
+    let age = h["canary_age_ms"].as_u64();
+    assert!(age.is_some_and(|a| a > 3000), "stale canary_age_ms: {h}");
+    assert_eq!(
+        *r,
+        json!({ "status": "not_ready", "reason": "canary_stale" }),
+        "/readyz"
+    );
+
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    let (recovered, p) = wait_probes(&gw, 200).await;
+    assert!(
+        recovered,
+        "both should return to 200 after CLIENT UNPAUSE: /ws/health {}, /readyz {}",
+        p.health.1, p.ready.1
+    );
+    assert_delivering(&p);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +296,35 @@ async fn broadcast_endpoint_and_aliases() {
     assert_eq!(r.json()["channel"], "ws:user:43");
     let v = b.next_json().await;
     assert_eq!(v["type"], "NOTIFICATION", "{v}");
+    assert_eq!(v["id"], r.json()["id"], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_refuses_an_empty_body() {
+    let gw = gateway().start().await;
+    let mut c = gw.user("42", &[]).await;
+    let admin = admin_token();
+    for path in ["/ws/broadcast", "/api/socket/notify/system"] {
+        for body in [&b""[..], b" \r\n\t "] {
+            let r = gw.post_bearer(path, &admin, body).await;
+            assert_eq!(
+                r.status,
+                400,
+                "POST {path} with body {body:?} must not publish a default message to everyone: {}",
+                r.text()
+            );
+            r.assert_error(400, "bad_request");
+        }
+    }
+    c.expect_silence(Duration::from_millis(300)).await;
+
+    // The client does receive broadcasts: the silence above means something.
+    let r = gw
+        .post_bearer("/ws/broadcast", &admin, br#"{"type":"SYSTEM_ALERT"}"#)
+        .await;
+    assert_eq!(r.status, 202, "/ws/broadcast: {}", r.text());
+    let v = c.next_json().await;
+    assert_eq!(v["type"], "SYSTEM_ALERT", "{v}");
     assert_eq!(v["id"], r.json()["id"], "{v}");
 }
 

@@ -240,3 +240,81 @@ fn publish_without_redis_points_to_the_http_api() {
     );
     assert_fails_naming(&out, "/ws/test-message");
 }
+
+/// Whether `jwt` is an HS256 token signed with `secret`.
+fn signed_with(jwt: &str, secret: &str) -> bool {
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes());
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::decode::<Value>(jwt, &key, &validation).is_ok()
+}
+
+#[test]
+fn token_without_key_material_uses_the_dev_secret_under_home() {
+    // No XDG_STATE_HOME: the file goes under $HOME/.local/state. Several
+    // `token` processes started at once must agree on one secret.
+    let dir = TempDir::new();
+    let no_xdg = [("XDG_STATE_HOME", "")];
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|i| {
+                let sub = format!("user-{i}");
+                let dir = dir.path();
+                s.spawn(move || run_cli_with_state(dir, &["token", "--sub", &sub], &no_xdg))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let file = dir.path().join("home/.local/state/ws-gateway/dev-secret");
+    let secret = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_string();
+    for out in outs {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+        assert!(
+            signed_with(stdout.trim(), &secret),
+            "the token on stdout ({stdout:?}) should be signed with the secret in {}",
+            file.display()
+        );
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "a note on stderr names the file: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn token_without_key_material_fails_clearly_when_the_dev_secret_is_unusable() {
+    let dir = TempDir::new();
+    let blocker = dir.write("not-a-directory", "");
+    let out = run_cli_with_state(
+        dir.path(),
+        &["token", "--sub", "alice"],
+        &[("XDG_STATE_HOME", blocker.to_str().unwrap())],
+    );
+    assert_fails_naming(&out, blocker.to_str().unwrap());
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_config_in_dev_mode_names_the_dev_secret_file() {
+    let dir = TempDir::new();
+    let out = run_cli_with_state(dir.path(), &["check-config"], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = dev_secret_file(dir.path());
+    assert!(
+        stdout.contains(&file.display().to_string()),
+        "check-config should say where dev mode keeps its secret:\n{stdout}"
+    );
+    assert!(
+        !file.exists(),
+        "check-config only looks: {}",
+        file.display()
+    );
+}

@@ -174,6 +174,31 @@ async fn expired_token_is_refused() {
     c.expect_error_then_close("token_expired", 4001).await;
 }
 
+/// A token signed with the suite secret whose `nbf` is `nbf_in_secs` from now.
+fn token_not_before(sub: &str, nbf_in_secs: u64) -> String {
+    let now = now_secs();
+    let claims = serde_json::json!({ "sub": sub, "exp": now + 3600, "nbf": now + nbf_in_secs });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign a test token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_yet_valid_token_is_refused() {
+    // The default leeway (auth.leeway_secs = 30) applies to `nbf` as to `exp`.
+    let gw = gateway().start().await;
+    let mut c = gw
+        .connect_raw(&ConnectOpts::token(&token_not_before("42", 3600)))
+        .await
+        .expect("not-yet-valid-token handshake should upgrade");
+    c.expect_error_then_close("invalid_token", 4001).await;
+
+    gw.connect_user(&token_not_before("43", 10), "43").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_connections_per_user() {
     let gw = gateway()

@@ -80,7 +80,11 @@ pub async fn publish(
             )
         }
     };
-    let message = match publish::from_body(&body) {
+    let if_empty = match target {
+        Target::User(_) => publish::IfEmpty::TestNotification,
+        Target::Broadcast => publish::IfEmpty::Refuse,
+    };
+    let message = match publish::from_body(&body, if_empty) {
         Ok(m) => m,
         Err(why) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", &why),
     };

@@ -99,15 +99,52 @@ impl App {
         }
     }
 
-    /// Ready to take traffic (SPEC §4, §7): broker up, a delivery canary
-    /// back within three intervals, and not draining.
-    pub fn is_ready(&self) -> bool {
-        self.broker.is_up() && self.canary_fresh() && !self.hub.is_draining()
+    /// The state behind `/ws/health` and `/readyz`, read once per request.
+    fn probe(&self) -> Probe {
+        let interval = Duration::from_secs(self.config.redis.canary_interval_secs);
+        let canary_age = self.hub.canary().age();
+        Probe {
+            broker_up: self.broker.is_up(),
+            canary_age,
+            canary_fresh: canary_age.is_some_and(|age| age <= 3 * interval),
+            draining: self.hub.is_draining(),
+        }
+    }
+}
+
+/// What `/ws/health` and `/readyz` judge by (SPEC §4, §7). Both verdicts
+/// come from here, so the two endpoints cannot disagree.
+struct Probe {
+    broker_up: bool,
+    /// Since the last delivery canary round trip; None before the first.
+    canary_age: Option<Duration>,
+    /// A round trip within three canary intervals.
+    canary_fresh: bool,
+    draining: bool,
+}
+
+impl Probe {
+    /// Why delivery fails, if it does; `/ws/health` is degraded then.
+    /// "Up" is only the broker's connection: a broker that hangs shows as
+    /// a stale canary.
+    fn delivery_problem(&self) -> Option<&'static str> {
+        if !self.broker_up {
+            Some("broker_down")
+        } else if !self.canary_fresh {
+            Some("canary_stale")
+        } else {
+            None
+        }
     }
 
-    fn canary_fresh(&self) -> bool {
-        let interval = Duration::from_secs(self.config.redis.canary_interval_secs);
-        self.hub.canary().fresh(3 * interval)
+    /// Why the instance must not take traffic, if so: the same as
+    /// `delivery_problem`, except that draining comes first.
+    fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining {
+            Some("draining")
+        } else {
+            self.delivery_problem()
+        }
     }
 }
 
@@ -233,18 +270,19 @@ fn valid_user_id(id: &str) -> bool {
 }
 
 fn health(app: &App) -> Response<reply::Body> {
-    let up = app.broker.is_up();
-    let status = if up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let probe = app.probe();
+    let (status, word) = match probe.delivery_problem() {
+        None => (StatusCode::OK, "ok"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
     };
     reply::json(
         status,
         &json!({
-            "status": if up { "ok" } else { "degraded" },
+            "status": word,
             "broker": app.broker.kind(),
-            "broker_up": up,
+            "broker_up": probe.broker_up,
+            "canary_age_ms": probe.canary_age.map(|age| age.as_millis() as u64),
+            "draining": probe.draining,
             "connections": app.hub.connection_count(),
             "version": env!("CARGO_PKG_VERSION"),
         }),
@@ -252,17 +290,11 @@ fn health(app: &App) -> Response<reply::Body> {
 }
 
 fn readyz(app: &App) -> Response<reply::Body> {
-    if app.is_ready() {
-        reply::json(StatusCode::OK, &json!({ "status": "ready" }))
-    } else {
-        let why = if app.hub.is_draining() {
-            "draining"
-        } else {
-            "broker_down"
-        };
-        reply::json(
+    match app.probe().not_ready_reason() {
+        None => reply::json(StatusCode::OK, &json!({ "status": "ready" })),
+        Some(why) => reply::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({ "status": "not_ready", "reason": why }),
-        )
+        ),
     }
 }
