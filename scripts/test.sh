@@ -4,7 +4,9 @@
 #   scripts/test.sh -- --nocapture
 #   scripts/test.sh some_test_name
 # The integration tests start their own redis-server on free ports; this script
-# only makes sure redis-server and chromium are installed.
+# only makes sure redis-server and chromium are installed, and installs what
+# the README's Python and Node recipes import (tests/readme.rs runs them) into
+# the cargo target dir.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,10 +14,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # What the tests need from Debian: redis-server (integration tests start their
-# own on free ports) and chromium (the browser test of the test console).
+# own on free ports), chromium (the browser test of the test console), and
+# python3 with venv and node with npm (tests/readme.rs runs the README's
+# recipes). The machine usually has python3 and node already.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   step "installing ${missing[*]} (needed by the tests)"
   if [ "$(id -u)" -eq 0 ]; then
@@ -32,6 +39,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # A system redis the package may have started on 6379 is harmless: the tests
   # start their own instances on free ports.
 fi
+
+# redis-py and node-redis for the README recipes, into the target dir (never
+# globally), only when missing; tests/readme.rs finds them through this variable.
+export WS_GATEWAY_RECIPE_DEPS="${CARGO_TARGET_DIR:-$PWD/target}/readme-recipes"
+step "README recipe packages (redis-py, node-redis) in $WS_GATEWAY_RECIPE_DEPS"
+bash tests/recipes/install.sh "$WS_GATEWAY_RECIPE_DEPS"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
