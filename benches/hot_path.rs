@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,13 +94,13 @@ fn identity(user_id: String) -> Identity {
 
 /// A wire over a loopback socket pair (released, so it delivers), and the
 /// client end.
-fn socket_pair(rt: &tokio::runtime::Runtime) -> (Arc<Wire>, TcpStream) {
+fn socket_pair(rt: &tokio::runtime::Runtime, hub: &Hub) -> (Arc<Wire>, TcpStream) {
     rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"));
         let (server, client) = tokio::join!(listener.accept(), client);
-        let wire = Wire::new(server.expect("accept").0, SEND_QUEUE);
-        wire.release(None, &AtomicU64::new(0));
+        let wire = Wire::new(server.expect("accept").0, SEND_QUEUE, hub.stats().clone());
+        wire.release(None);
         (wire, client.expect("connect"))
     })
 }
@@ -116,7 +115,7 @@ fn connect(
 ) -> Connections {
     let mut connections = Connections::default();
     for i in 0..count {
-        let (wire, client) = socket_pair(rt);
+        let (wire, client) = socket_pair(rt, hub);
         let registration = hub
             .register(&identity(user_id(i)), wire.clone())
             .expect("registration refused");
@@ -146,11 +145,10 @@ fn settle(rt: &tokio::runtime::Runtime) {
 /// and flushes what the wires had to queue (the sessions' job).
 fn drain(rt: &tokio::runtime::Runtime, connections: &Connections) {
     let mut buf = vec![0u8; 64 * 1024];
-    let flushed = AtomicU64::new(0);
     for (wire, client) in connections.wires.iter().zip(&connections.clients) {
         while matches!(client.try_read(&mut buf), Ok(n) if n > 0) {}
         while wire.has_pending() {
-            rt.block_on(wire.flush(&flushed)).expect("flush");
+            rt.block_on(wire.flush()).expect("flush");
             while matches!(client.try_read(&mut buf), Ok(n) if n > 0) {}
         }
         assert!(wire.closed().is_none(), "a connection overflowed");

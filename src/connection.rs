@@ -131,7 +131,7 @@ pub async fn run(
     sessions: Arc<Sessions>,
     ip: IpAddr,
 ) {
-    let wire = Wire::new(socket, sessions.send_queue);
+    let wire = Wire::new(socket, sessions.send_queue, sessions.hub.stats().clone());
     let stream = WireStream::new(wire.clone());
     let config = Some(sessions.websocket_config());
     let mut ws = if early.is_empty() {
@@ -148,7 +148,6 @@ pub async fn run(
         }
     };
     let hub = &sessions.hub;
-    let delivered = &hub.stats().messages_delivered;
     let mut registration = match hub.register(&who, wire.clone()) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
@@ -201,14 +200,14 @@ pub async fn run(
             let mut dedupe = None;
             if let Some(replay) = replay {
                 for message in &replay.messages {
-                    wire.send_replayed(message, delivered);
+                    wire.send_replayed(message);
                 }
                 let replayed = replay.messages.len() as u64;
                 hub.stats().replayed_messages.fetch_add(replayed, Relaxed);
                 metrics::counter!("ws_gateway_replayed_messages_total").increment(replayed);
                 dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
             }
-            wire.release(dedupe, delivered);
+            wire.release(dedupe);
             serve(&mut ws, &wire, &sessions).await
         }
         Err(_) => End::ClientGone,
@@ -249,7 +248,6 @@ impl Sessions {
 /// answers the client, keeps the heartbeat. Returns why it ended, after the
 /// close handshake.
 async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
-    let delivered = &cfg.hub.stats().messages_delivered;
     let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
     // One timer for both the ping and the idle deadline: fewer timers to
     // poll on every wake-up, and none to reset on every client frame.
@@ -273,7 +271,7 @@ async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
         }
         let flushing = wire.has_pending();
         tokio::select! {
-            flushed = wire.flush(delivered), if flushing => {
+            flushed = wire.flush(), if flushing => {
                 if flushed.is_err() {
                     return End::ClientGone;
                 }

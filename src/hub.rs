@@ -24,6 +24,7 @@ pub use crate::channel::ConnId;
 use crate::channel::{Channel, Deliveries, Members};
 use crate::config::RedisConfig;
 use crate::lock;
+use crate::metrics::Stats;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
 use crate::wire::{CloseReason, Push, Wire};
@@ -51,7 +52,7 @@ struct Shared {
     names: ChannelNames,
     max_per_user: usize,
     next_id: AtomicU64,
-    pub stats: Stats,
+    stats: Arc<Stats>,
     started: Instant,
     /// When a dropped publish was last logged (ms since start), to rate-limit.
     last_drop_log_ms: AtomicU64,
@@ -120,19 +121,6 @@ impl ChannelNames {
     }
 }
 
-/// Counters for `/ws/stats`.
-#[derive(Default)]
-pub struct Stats {
-    pub messages_received: AtomicU64,
-    pub messages_delivered: AtomicU64,
-    pub messages_dropped: AtomicU64,
-    pub slow_consumer_disconnects: AtomicU64,
-    pub connections_opened: AtomicU64,
-    pub broker_reconnects: AtomicU64,
-    pub broker_lagged: AtomicU64,
-    pub replayed_messages: AtomicU64,
-}
-
 /// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
 pub struct Snapshot {
     pub connections: usize,
@@ -180,7 +168,7 @@ impl Hub {
                 names,
                 max_per_user,
                 next_id: AtomicU64::new(1),
-                stats: Stats::default(),
+                stats: Arc::default(),
                 started: Instant::now(),
                 last_drop_log_ms: AtomicU64::new(0),
                 canary: Canary::default(),
@@ -192,7 +180,8 @@ impl Hub {
         &self.shared.names
     }
 
-    pub fn stats(&self) -> &Stats {
+    /// The instance's counters (wires count their own deliveries).
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
     }
 
@@ -335,7 +324,7 @@ impl Hub {
         let stats = &self.shared.stats;
         let mut overflowed = 0;
         for wire in recipients {
-            if wire.deliver(messages, &stats.messages_delivered) == Push::Overflowed {
+            if wire.deliver(messages) == Push::Overflowed {
                 overflowed += 1;
             }
         }
@@ -533,12 +522,12 @@ mod tests {
 
     /// A wire over a loopback socket pair, released (not holding), and the
     /// client end.
-    async fn wire() -> (Arc<Wire>, tokio::net::TcpStream) {
+    async fn wire(stats: &Arc<Stats>) -> (Arc<Wire>, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (server, client) = tokio::join!(listener.accept(), client);
-        let wire = Wire::new(server.unwrap().0, 8);
-        wire.release(None, &AtomicU64::new(0));
+        let wire = Wire::new(server.unwrap().0, 8, stats.clone());
+        wire.release(None);
         (wire, client.unwrap())
     }
 
@@ -561,8 +550,12 @@ mod tests {
     async fn membership_is_reference_counted() {
         let hub = hub(16);
         hub.take_pending();
-        let a = hub.register(&who("42", &["ops"]), wire().await.0).unwrap();
-        let b = hub.register(&who("42", &[]), wire().await.0).unwrap();
+        let a = hub
+            .register(&who("42", &["ops"]), wire(hub.stats()).await.0)
+            .unwrap();
+        let b = hub
+            .register(&who("42", &[]), wire(hub.stats()).await.0)
+            .unwrap();
         assert!(hub.wants("ws:user:42") && hub.wants("ws:role:ops"));
         let pending = hub.take_pending();
         assert_eq!(pending.dirty.len(), 2);
@@ -578,20 +571,30 @@ mod tests {
     #[tokio::test]
     async fn per_user_limit() {
         let hub = hub(2);
-        let _a = hub.register(&who("1", &[]), wire().await.0).unwrap();
-        let _b = hub.register(&who("1", &[]), wire().await.0).unwrap();
+        let _a = hub
+            .register(&who("1", &[]), wire(hub.stats()).await.0)
+            .unwrap();
+        let _b = hub
+            .register(&who("1", &[]), wire(hub.stats()).await.0)
+            .unwrap();
         assert_eq!(
-            hub.register(&who("1", &[]), wire().await.0).err(),
+            hub.register(&who("1", &[]), wire(hub.stats()).await.0)
+                .err(),
             Some(Refused::TooManyConnections)
         );
-        assert!(hub.register(&who("2", &[]), wire().await.0).is_ok());
+        assert!(hub
+            .register(&who("2", &[]), wire(hub.stats()).await.0)
+            .is_ok());
     }
 
     #[tokio::test]
     async fn dispatch_routes_and_forwards_the_bytes() {
         let hub = hub(16);
-        let ((w42, mut c42), (w43, mut c43), (wops, mut cops)) =
-            (wire().await, wire().await, wire().await);
+        let ((w42, mut c42), (w43, mut c43), (wops, mut cops)) = (
+            wire(hub.stats()).await,
+            wire(hub.stats()).await,
+            wire(hub.stats()).await,
+        );
         let _r1 = hub.register(&who("42", &[]), w42).unwrap();
         let _r2 = hub.register(&who("43", &[]), w43).unwrap();
         let _r3 = hub.register(&who("44", &["ops"]), wops).unwrap();

@@ -18,6 +18,7 @@
 //!   `since` and the catch-up use it).
 //! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
 //! - [`canary`]: the delivery round trip behind readiness.
+//! - [`metrics`]: the instance's one set of counters.
 //! - [`broker`]: Redis (fred) or the embedded in-memory broker.
 //! - [`protocol`]: wire messages and close codes; [`publish`]: the message
 //!   preparation of the canonical publish path.
@@ -38,6 +39,7 @@ pub mod connection;
 pub mod dev_secret;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod resume;

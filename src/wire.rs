@@ -28,6 +28,7 @@
 //! connection's own writers ever wait for it.
 
 use crate::lock;
+use crate::metrics::Stats;
 use crate::protocol::Published;
 use crate::resume::{self, Dedupe};
 use bytes::Bytes;
@@ -69,6 +70,8 @@ pub struct Wire {
     state: Mutex<State>,
     /// Wakes the session: bytes are queued, or the wire was closed.
     notify: Notify,
+    /// Where its deliveries are counted, whichever path writes them.
+    stats: Arc<Stats>,
 }
 
 struct State {
@@ -302,7 +305,7 @@ impl State {
 impl Wire {
     /// `capacity`: published messages queued before the client counts as a
     /// slow consumer. Live messages are held until [`Wire::release`].
-    pub fn new(socket: TcpStream, capacity: usize) -> Arc<Self> {
+    pub fn new(socket: TcpStream, capacity: usize, stats: Arc<Stats>) -> Arc<Self> {
         Arc::new(Self {
             socket,
             state: Mutex::new(State {
@@ -315,31 +318,36 @@ impl Wire {
                 dedupe: None,
             }),
             notify: Notify::new(),
+            stats,
         })
     }
 
+    fn delivered(&self) -> &AtomicU64 {
+        &self.stats.messages_delivered
+    }
+
     /// Fan-out: sends live messages, in order, without waiting.
-    pub fn deliver(&self, messages: &[Arc<Published>], delivered: &AtomicU64) -> Push {
-        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, delivered);
+    pub fn deliver(&self, messages: &[Arc<Published>]) -> Push {
+        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, self.delivered());
         self.wake_if(wake);
         push
     }
 
     /// Sends a replayed message now, ahead of the held live ones.
-    pub fn send_replayed(&self, published: &Arc<Published>, delivered: &AtomicU64) {
+    pub fn send_replayed(&self, published: &Arc<Published>) {
         let out = std::iter::once(frame_of(published));
-        let (_, wake) = lock(&self.state).send(&self.socket, out, delivered);
+        let (_, wake) = lock(&self.state).send(&self.socket, out, self.delivered());
         self.wake_if(wake);
     }
 
     /// Ends the hold: live messages flow, minus those `dedupe` says were
     /// replayed.
-    pub fn release(&self, dedupe: Option<Dedupe>, delivered: &AtomicU64) {
+    pub fn release(&self, dedupe: Option<Dedupe>) {
         let mut state = lock(&self.state);
         let held = state.held.take().unwrap_or_default();
         state.queued -= held.len().min(state.queued);
         state.dedupe = dedupe.map(Box::new);
-        let (_, wake) = state.deliver(&self.socket, &held, delivered);
+        let (_, wake) = state.deliver(&self.socket, &held, self.delivered());
         drop(state);
         self.wake_if(wake);
     }
@@ -374,34 +382,30 @@ impl Wire {
     }
 
     /// Writes everything queued.
-    pub fn poll_flush(&self, cx: &mut Context<'_>, delivered: &AtomicU64) -> Poll<io::Result<()>> {
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match lock(&self.state).write_pending(&self.socket, delivered)? {
+            match lock(&self.state).write_pending(&self.socket, self.delivered())? {
                 Flushed::All => return Poll::Ready(Ok(())),
                 Flushed::Blocked => ready!(self.socket.poll_write_ready(cx))?,
             }
         }
     }
 
-    pub async fn flush(&self, delivered: &AtomicU64) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_flush(cx, delivered)).await
+    pub async fn flush(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 }
 
 /// The connection as tungstenite sees it: reads from the socket, writes
-/// through the wire's queue.
+/// through the wire's queue. Its flush also writes (and counts) the
+/// published messages queued ahead of its frames.
 pub struct WireStream {
     wire: Arc<Wire>,
-    /// Control frames are not deliveries; their count goes nowhere.
-    uncounted: AtomicU64,
 }
 
 impl WireStream {
     pub fn new(wire: Arc<Wire>) -> Self {
-        Self {
-            wire,
-            uncounted: AtomicU64::new(0),
-        }
+        Self { wire }
     }
 }
 
@@ -440,13 +444,13 @@ impl AsyncWrite for WireStream {
         }
         let wire = &self.wire;
         let out = std::iter::once(Out::Raw(buf));
-        let (_, wake) = lock(&wire.state).send(&wire.socket, out, &self.uncounted);
+        let (_, wake) = lock(&wire.state).send(&wire.socket, out, wire.delivered());
         wire.wake_if(wake);
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.wire.poll_flush(cx, &self.uncounted)
+        self.wire.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -475,12 +479,12 @@ mod tests {
     #[tokio::test]
     async fn held_messages_follow_the_replay_in_order() {
         let (server, mut client) = pair().await;
-        let delivered = AtomicU64::new(0);
-        let wire = Wire::new(server, 16);
-        wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)], &delivered);
-        wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#), &delivered);
-        wire.release(None, &delivered);
-        wire.flush(&delivered).await.unwrap();
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 16, stats.clone());
+        wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)]);
+        wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#));
+        wire.release(None);
+        wire.flush().await.unwrap();
         let mut buf = vec![0u8; 64];
         let mut got = Vec::new();
         while got.len() < 2 * 2 + 22 + 23 {
@@ -491,16 +495,16 @@ mod tests {
         let old = text.find("OLD").unwrap();
         let live = text.find("LIVE").unwrap();
         assert!(old < live, "replay first: {text:?}");
-        assert_eq!(delivered.load(Relaxed), 2);
+        assert_eq!(stats.messages_delivered.load(Relaxed), 2);
     }
 
     #[tokio::test]
     async fn replies_to_a_client_that_never_reads_are_bounded_too() {
         use tokio::io::AsyncWriteExt;
         let (server, _client) = pair().await;
-        let delivered = AtomicU64::new(0);
-        let wire = Wire::new(server, 4);
-        wire.release(None, &delivered);
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 4, stats.clone());
+        wire.release(None);
         // Fill the socket until a message stays queued; the replies queue
         // behind it.
         let big = message(&format!(
@@ -511,10 +515,7 @@ mod tests {
             if wire.has_pending() {
                 break;
             }
-            assert_eq!(
-                wire.deliver(std::slice::from_ref(&big), &delivered),
-                Push::Queued
-            );
+            assert_eq!(wire.deliver(std::slice::from_ref(&big)), Push::Queued);
         }
         assert!(wire.has_pending(), "the socket never filled");
         let mut stream = WireStream::new(wire.clone());
@@ -529,17 +530,50 @@ mod tests {
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
     }
 
+    /// Messages queued behind a full socket and written by tungstenite's
+    /// flush (it flushes when it sends a Pong or a Close) are deliveries too.
+    #[tokio::test]
+    async fn messages_flushed_through_the_stream_are_counted() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 1024, stats.clone());
+        wire.release(None);
+        let big = message(&format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(256 * 1024)
+        ));
+        let mut sent = 0u64;
+        while !wire.has_pending() && sent < 256 {
+            wire.deliver(std::slice::from_ref(&big));
+            sent += 1;
+        }
+        assert!(wire.has_pending(), "the socket never filled");
+        let total = sent as usize * big.frame.len();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut read = 0;
+            while read < total {
+                read += client.read(&mut buf).await.unwrap();
+            }
+        });
+        let mut stream = WireStream::new(wire.clone());
+        stream.flush().await.unwrap();
+        reader.await.unwrap();
+        assert_eq!(stats.messages_delivered.load(Relaxed), sent);
+    }
+
     #[tokio::test]
     async fn a_full_queue_closes_as_slow_consumer() {
         let (server, _client) = pair().await;
-        let delivered = AtomicU64::new(0);
+        let stats = Arc::new(Stats::default());
         // Held until release, like a client whose socket takes nothing.
-        let wire = Wire::new(server, 2);
+        let wire = Wire::new(server, 2, stats.clone());
         let m = [message(r#"{"type":"X"}"#)];
-        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
-        assert_eq!(wire.deliver(&m, &delivered), Push::Queued);
-        assert_eq!(wire.deliver(&m, &delivered), Push::Overflowed);
+        assert_eq!(wire.deliver(&m), Push::Queued);
+        assert_eq!(wire.deliver(&m), Push::Queued);
+        assert_eq!(wire.deliver(&m), Push::Overflowed);
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
-        assert_eq!(wire.deliver(&m, &delivered), Push::Closed);
+        assert_eq!(wire.deliver(&m), Push::Closed);
     }
 }
