@@ -180,7 +180,7 @@ impl ClientLog {
 }
 
 /// How a reconnecting client cycles.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Cycle {
     /// How long each connection reads (random in the range, ms).
     dwell_ms: (u64, u64),
@@ -189,6 +189,9 @@ struct Cycle {
     /// Bounds of the whole run.
     max_connections: usize,
     limit: Duration,
+    /// Counts the client's resumed connections (for a publisher that runs
+    /// until there were enough).
+    resumes: Arc<AtomicU64>,
 }
 
 impl Cycle {
@@ -198,6 +201,7 @@ impl Cycle {
             offline_ms: 100,
             max_connections: 200,
             limit: Duration::from_secs(45),
+            resumes: Arc::default(),
         }
     }
 }
@@ -269,6 +273,8 @@ async fn reconnecting_client(
         });
         if k == 0 {
             let _ = connected.send(()).await;
+        } else {
+            cycle.resumes.fetch_add(1, Ordering::Relaxed);
         }
 
         let dwell = Duration::from_millis(rand::random_range(cycle.dwell_ms.0..=cycle.dwell_ms.1));
@@ -349,12 +355,12 @@ where
     let clients: Vec<_> = cycles
         .iter()
         .enumerate()
-        .map(|(i, &cycle)| {
+        .map(|(i, cycle)| {
             let name = ["A", "B", "C", "D"][i].to_string();
             tokio::spawn(reconnecting_client(
                 gw.clone(),
                 name,
-                cycle,
+                cycle.clone(),
                 conn_tx.clone(),
                 last_rx.clone(),
             ))
@@ -511,6 +517,7 @@ async fn gapless_under_load_with_reconnects() {
 /// resumes, so the test runs a thousand or more of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_single_connection_resumes_lose_nothing() {
+    const RESUMES: u64 = 1000;
     let redis = Redis::start();
     let port = redis.port;
     let gw = Arc::new(
@@ -521,15 +528,25 @@ async fn rapid_single_connection_resumes_lose_nothing() {
             .start()
             .await,
     );
-    // ~2000 messages/s (20 every 10 ms) for 30 s.
+    let cycle = Cycle {
+        dwell_ms: (2, 12),
+        offline_ms: 2,
+        max_connections: 5000,
+        limit: Duration::from_secs(150),
+        resumes: Arc::default(),
+    };
+    // ~2000 messages/s (20 every 10 ms) until the client resumed 1000 times
+    // (at most 120 s).
+    let resumes = cycle.resumes.clone();
     let publish = move || async move {
         let mut conn = RespConn::try_connect(port, Duration::from_secs(2)).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         let started = Instant::now();
         let mut seq = 0u64;
-        for _ in 0..4000 {
+        for _ in 0..12_000 {
             tick.tick().await;
-            if started.elapsed() > Duration::from_secs(30) {
+            let enough = resumes.load(Ordering::Relaxed) >= RESUMES;
+            if enough || started.elapsed() > Duration::from_secs(120) {
                 break;
             }
             for _ in 0..20 {
@@ -550,16 +567,10 @@ async fn rapid_single_connection_resumes_lose_nothing() {
         }
         Ok((seq - 1, None))
     };
-    let cycle = Cycle {
-        dwell_ms: (2, 12),
-        offline_ms: 2,
-        max_connections: 5000,
-        limit: Duration::from_secs(60),
-    };
     let resumed = gapless_scenario(gw.clone(), Some(&redis), &[cycle], publish).await;
     assert!(
-        resumed[0] >= 800,
-        "only {} resumes: too few to catch a 0.3% loss",
+        resumed[0] as u64 >= RESUMES,
+        "only {} resumes in 120 s: too few to catch a 0.3% loss",
         resumed[0]
     );
 }
