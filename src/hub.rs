@@ -455,6 +455,10 @@ impl Hub {
     /// Drains: refuses new connections, then tells every open one to close
     /// (1001), spread evenly over `window` so that their reconnects do not
     /// hit the other instances all at once.
+    ///
+    /// Each wire is let go as soon as it is told: the socket closes when
+    /// its session ends (after its closing handshake), and a client's
+    /// `onclose` fires then, not at the end of the window.
     pub async fn drain(&self, window: Duration) {
         const STEP: Duration = Duration::from_millis(100);
         let wires: Vec<Arc<Wire>> = {
@@ -464,12 +468,18 @@ impl Hub {
         };
         let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
         let per_step = wires.len().div_ceil(steps).max(1);
-        for (i, chunk) in wires.chunks(per_step).enumerate() {
-            if i > 0 {
+        let mut wires = wires.into_iter();
+        for step in 0..steps {
+            if step > 0 {
                 tokio::time::sleep(STEP).await;
             }
-            for wire in chunk {
+            let mut told = 0;
+            for wire in wires.by_ref().take(per_step) {
                 wire.close(CloseReason::Shutdown);
+                told += 1;
+            }
+            if told == 0 {
+                break;
             }
         }
     }

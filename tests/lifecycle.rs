@@ -226,3 +226,54 @@ fn publish_errors_are_sentences() {
         assert!(!stderr.contains(debug), "a debug dump in: {stderr}");
     }
 }
+
+/// The drain spreads its 1001 closes over `shutdown_drain_secs` so that the
+/// clients' reconnects do not hit the other instances at once. What a
+/// browser acts on is the close *completing* (`onclose`: the server's
+/// socket closed after the closing handshake), so that must be spread too,
+/// not held until the end of the window for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_releases_each_connection_when_its_close_completes() {
+    let gw = gateway()
+        .env("GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "2")
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "100")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(gw.user("42", &[]).await);
+    }
+    let start = tokio::time::Instant::now();
+    gw.sigterm();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut close = None;
+                for _ in 0..100 {
+                    match c.next_frame(Duration::from_secs(10)).await {
+                        Some(Frame::Close(code)) => close = Some(code),
+                        Some(Frame::End(_)) => return Ok((close, start.elapsed())),
+                        None => return Err("no end of stream within 10 s".to_string()),
+                        Some(_) => {}
+                    }
+                }
+                Err("too many frames".to_string())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for r in readers {
+        let (close, at) = r.await.unwrap().unwrap();
+        assert_eq!(close, Some(Some(1001)), "each client reads 1001 first");
+        ends.push(at);
+    }
+    ends.sort();
+    let (first, last) = (ends[0], ends[ends.len() - 1]);
+    assert!(
+        last - first >= Duration::from_millis(500),
+        "closes completed within {:?} of each other (first at {first:?}, last at {last:?}): \
+         not spread over the 2 s window",
+        last - first
+    );
+}
