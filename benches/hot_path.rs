@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use ws_gateway::auth::Identity;
 use ws_gateway::config::RedisConfig;
-use ws_gateway::hub::{ChannelNames, Hub, Registration};
+use ws_gateway::hub::{Hub, Registration};
+use ws_gateway::names::Names;
 use ws_gateway::protocol::validate_published;
 use ws_gateway::wire::Wire;
 
@@ -79,7 +80,7 @@ fn validate(c: &mut Criterion) {
 
 fn hub() -> Hub {
     Hub::new(
-        ChannelNames::from_config(&RedisConfig::default(), "bench"),
+        Names::from_config(&RedisConfig::default(), "bench"),
         usize::MAX,
     )
 }

@@ -40,7 +40,6 @@ pub struct Sessions {
     pub hub: Hub,
     pub broker: Arc<dyn Broker>,
     pub instance: Arc<str>,
-    pub history_key_prefix: String,
     /// How long a history list lives (`redis.history_ttl_secs`).
     pub history_ttl: Duration,
     pub ping_interval: Duration,
@@ -226,7 +225,7 @@ impl Sessions {
     /// What to replay to `user_id` after `since`. A failed history read is
     /// reported as not recovered: the client re-fetches its state.
     async fn replay(&self, user_id: &str, since: &str) -> Replay {
-        let key = format!("{}{user_id}", self.history_key_prefix);
+        let key = self.hub.names().history_key(user_id);
         let horizon = Horizon {
             now_ms: crate::publish::unix_millis(),
             ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX),

@@ -22,9 +22,9 @@ use crate::auth::Identity;
 use crate::canary::Canary;
 pub use crate::channel::ConnId;
 use crate::channel::{Channel, Deliveries, Members};
-use crate::config::RedisConfig;
 use crate::lock;
 use crate::metrics::Stats;
+use crate::names::Names;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
 use crate::wire::{CloseReason, Push, Wire};
@@ -49,7 +49,7 @@ struct Shared {
     fan_out: Mutex<()>,
     /// Wakes the subscriptions task when channels are dirty.
     dirty: Notify,
-    names: ChannelNames,
+    names: Names,
     max_per_user: usize,
     next_id: AtomicU64,
     stats: Arc<Stats>,
@@ -80,45 +80,6 @@ pub struct Pending {
     pub waiters: Vec<oneshot::Sender<()>>,
     /// The broker lost its subscriptions (reconnect): redo them all.
     pub resync: bool,
-}
-
-/// How channel names are built (SPEC §2 `[redis]`).
-pub struct ChannelNames {
-    pub user_prefix: String,
-    pub role_prefix: String,
-    pub broadcast: String,
-    /// This instance's canary channel (SPEC §4).
-    pub canary: String,
-    pub history_prefix: String,
-}
-
-impl ChannelNames {
-    pub fn from_config(redis: &RedisConfig, instance: &str) -> Self {
-        Self {
-            user_prefix: redis.user_channel_prefix.clone(),
-            role_prefix: redis.role_channel_prefix.clone(),
-            broadcast: redis.broadcast_channel.clone(),
-            canary: format!("ws:canary:{instance}"),
-            history_prefix: redis.history_key_prefix.clone(),
-        }
-    }
-
-    /// The user of a user channel.
-    pub fn user_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(self.user_prefix.as_str())
-    }
-
-    pub fn history_key(&self, user_id: &str) -> String {
-        format!("{}{user_id}", self.history_prefix)
-    }
-
-    pub fn user(&self, user_id: &str) -> String {
-        format!("{}{user_id}", self.user_prefix)
-    }
-
-    pub fn role(&self, role: &str) -> String {
-        format!("{}{role}", self.role_prefix)
-    }
 }
 
 /// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
@@ -152,7 +113,7 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    pub fn new(names: ChannelNames, max_per_user: usize) -> Self {
+    pub fn new(names: Names, max_per_user: usize) -> Self {
         let state = State {
             pending: Pending {
                 resync: true,
@@ -176,7 +137,7 @@ impl Hub {
         }
     }
 
-    pub fn names(&self) -> &ChannelNames {
+    pub fn names(&self) -> &Names {
         &self.shared.names
     }
 
@@ -517,7 +478,7 @@ mod tests {
 
     fn hub(max_per_user: usize) -> Hub {
         Hub::new(
-            ChannelNames::from_config(&RedisConfig::default(), "test"),
+            Names::from_config(&crate::config::RedisConfig::default(), "test"),
             max_per_user,
         )
     }

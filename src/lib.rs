@@ -18,7 +18,8 @@
 //!   `since` and the catch-up use it).
 //! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
 //! - [`canary`]: the delivery round trip behind readiness.
-//! - [`metrics`]: the instance's one set of counters.
+//! - [`metrics`]: the instance's one set of counters; [`names`]: every
+//!   Redis channel and key name.
 //! - [`broker`]: Redis (fred) or the embedded in-memory broker.
 //! - [`protocol`]: wire messages and close codes; [`publish`]: the message
 //!   preparation of the canonical publish path.
@@ -40,6 +41,7 @@ pub mod dev_secret;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod names;
 pub mod protocol;
 pub mod publish;
 pub mod resume;

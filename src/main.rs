@@ -7,6 +7,7 @@ use std::time::Duration;
 use ws_gateway::broker::redis::Publisher;
 use ws_gateway::broker::BrokerError;
 use ws_gateway::config::{self, Loaded, Overrides};
+use ws_gateway::names::Names;
 use ws_gateway::{auth, dev_secret, publish, server};
 
 #[derive(Parser)]
@@ -279,16 +280,17 @@ fn publish_cmd(
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
+    let names = Names::from_config(r, "cli");
     let channel = match &user {
-        Some(id) => format!("{}{id}", r.user_channel_prefix),
-        None => r.broadcast_channel.clone(),
+        Some(id) => names.user(id),
+        None => names.broadcast.clone(),
     };
     let result = runtime.block_on(async {
         let publisher = Publisher::start(&r.url, r.history_size, r.history_ttl_secs)?;
         publisher.wait_connected(Duration::from_secs(5)).await?;
         let sent = match &user {
             Some(id) => {
-                let key = format!("{}{id}", r.history_key_prefix);
+                let key = names.history_key(id);
                 publisher
                     .publish_with_history(&key, &channel, message.bytes)
                     .await

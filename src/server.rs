@@ -6,7 +6,8 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
 use crate::config::{Config, Loaded, DEV_LISTEN};
 use crate::http::{self, App};
-use crate::hub::{ChannelNames, Hub};
+use crate::hub::Hub;
+use crate::names::Names;
 use crate::{canary, dev_secret, shutdown, subscriptions};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     let verifier = Verifier::new(&config.auth)?;
     let instance: Arc<str> = instance_id().into();
     let hub = Hub::new(
-        ChannelNames::from_config(&config.redis, &instance),
+        Names::from_config(&config.redis, &instance),
         config.connection.max_connections_per_user,
     );
     let broker = start_broker(&config, &hub).await?;

@@ -92,7 +92,7 @@ pub async fn publish(
     let (channel, result) = match target {
         Target::User(user_id) => {
             let channel = names.user(user_id);
-            let key = format!("{}{user_id}", app.config.redis.history_key_prefix);
+            let key = names.history_key(user_id);
             let result = app
                 .broker
                 .publish_with_history(&key, &channel, message.bytes)

@@ -55,7 +55,6 @@ impl App {
             hub: hub.clone(),
             broker: broker.clone(),
             instance: instance.clone(),
-            history_key_prefix: config.redis.history_key_prefix.clone(),
             history_ttl: Duration::from_secs(config.redis.history_ttl_secs),
             ping_interval: Duration::from_secs(c.ping_interval_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
