@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use ws_gateway::auth::Identity;
+use ws_gateway::broker::reconcile::Desired;
 use ws_gateway::config::RedisConfig;
 use ws_gateway::hub::{Hub, Registration};
 use ws_gateway::names::Names;
@@ -82,6 +83,7 @@ fn hub() -> Hub {
     Hub::new(
         Names::from_config(&RedisConfig::default(), "bench"),
         usize::MAX,
+        Desired::new(Vec::new()),
     )
 }
 

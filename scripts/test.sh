@@ -46,6 +46,20 @@ export WS_GATEWAY_RECIPE_DEPS="${CARGO_TARGET_DIR:-$PWD/target}/readme-recipes"
 step "README recipe packages (redis-py, node-redis) in $WS_GATEWAY_RECIPE_DEPS"
 bash tests/recipes/install.sh "$WS_GATEWAY_RECIPE_DEPS"
 
+# The layers follow the message (src/lib.rs, "Layout"): the broker imports no
+# hub, session, HTTP or server code, and the wire imports no hub.
+step "import direction"
+upward() { # DIR WORDS: `crate::WORD` in code (not comments), also in `use crate::{...}`
+  perl -0ne 's{//[^\n]*}{}g; while (/crate::(?:\{[^}]*?\b|)('"$2"')\b/g) { print "$ARGV: crate::$1\n" }' \
+    $(find "$1" -name '*.rs')
+}
+bad=$(upward src/broker 'hub|connection|session|http|server|canary'; upward src/wire.rs 'hub|connection|session|http|server')
+if [ -n "$bad" ]; then
+  echo "$bad" >&2
+  echo "these imports run against the message: see src/lib.rs, Layout" >&2
+  exit 1
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

@@ -8,7 +8,6 @@
 //! instance out instead of sending it clients it cannot serve.
 
 use crate::broker::Broker;
-use crate::hub::Hub;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -36,7 +35,7 @@ impl Default for Canary {
 }
 
 impl Canary {
-    /// A canary came back through the broker (called by the hub).
+    /// A canary came back through the broker (called by the dispatcher).
     pub fn echoed(&self, payload: &[u8]) {
         #[derive(serde::Deserialize)]
         struct Echo {
@@ -64,10 +63,14 @@ impl Canary {
     }
 }
 
-/// Runs until the process ends.
-pub async fn run(hub: Hub, broker: Arc<dyn Broker>, interval: Duration) {
-    let channel = hub.names().canary.clone();
-    let canary = hub.canary();
+/// Runs until the process ends: publishes on `channel` (this instance's
+/// canary channel) every `interval`.
+pub async fn run(
+    canary: Arc<Canary>,
+    broker: Arc<dyn Broker>,
+    channel: String,
+    interval: Duration,
+) {
     let mut echoes = canary.echo.subscribe();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

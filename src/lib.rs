@@ -3,38 +3,42 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: `gateway.toml` + `GATEWAY_*` environment + flags, validated.
-//! - [`auth`]: JWT verification, admin checks, token minting;
-//!   [`dev_secret`]: dev mode's secret, kept in a file `token` shares.
-//! - [`server`]: start-up and shutdown: builds everything below and runs it.
-//! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
-//! - [`connection`]: one client's session: resume, reads, heartbeat, close.
+//! The layers follow the message, bottom to top; each imports only the
+//! layers below it (`scripts/test.sh` checks the broker and the wire).
+//!
+//! - [`broker`]: Redis (fred) or the embedded in-memory broker. It reports
+//!   upward through [`broker::Events`] (messages, lag, reconnect, confirmed
+//!   subscriptions) and owns its subscriptions ([`broker::reconcile`]:
+//!   desired against confirmed, retries, resubscribing after a reconnect).
+//! - [`hub`]: who is connected (channel membership, what the broker should
+//!   subscribe to) and the fan-out; [`hub::dispatch`] is the one task that
+//!   delivers, so it owns the order of live messages, catch-ups and canary
+//!   echoes.
 //! - [`wire`]: a connection's sending side: direct writes, a bounded queue
 //!   (slow consumers → 4008), and the stream tungstenite reads through.
-//! - [`hub`]: who is connected; channel membership and fan-out.
-//! - [`channel`]: one channel's members, position, and catch-up after a
-//!   Redis reconnect; [`resume`]: where a stream was left in a user's
-//!   history, and merging a replay with the live stream (both the client's
-//!   `since` and the catch-up use it).
-//! - [`subscriptions`]: keeps the broker's subscriptions equal to the hub's.
+//! - [`connection`]: one client's session: resume, reads, heartbeat, close.
+//! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
+//! - [`server`]: start-up and shutdown: builds everything and runs each
+//!   long-lived task as a named [`shutdown::Services`] member.
 //! - [`canary`]: the delivery round trip behind readiness.
-//! - [`metrics`]: the instance's one set of counters; [`names`]: every
-//!   Redis channel and key name.
-//! - [`broker`]: Redis (fred) or the embedded in-memory broker.
-//! - [`protocol`]: wire messages and close codes; [`publish`]: the message
-//!   preparation of the canonical publish path.
+//! - Leaves: [`protocol`] (wire messages and close codes), [`names`] (every
+//!   Redis channel and key name), [`resume`] (where a stream was left in a
+//!   user's history, and merging a replay with the live stream: the
+//!   client's `since` and the catch-up both use it), [`metrics`] (the one
+//!   set of counters), [`publish`] (the message preparation of the
+//!   canonical publish path), [`config`], [`auth`] and [`dev_secret`].
 //!
-//! A published message flows broker → `Hub::dispatch` (validated and framed
-//! once, with every other message waiting for the same channel) → each
-//! recipient's `Wire` (the same bytes, shared), which writes them all to the
-//! socket in one `writev`, or queues what the socket did not take for the
-//! connection task to flush once the socket is writable.
+//! A published message flows broker → dispatcher → `Hub::dispatch`
+//! (validated and framed once, with every other message waiting for the
+//! same channel) → each recipient's `Wire` (the same bytes, shared), which
+//! writes them all to the socket in one `writev`, or queues what the socket
+//! did not take for the connection task to flush once the socket is
+//! writable.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod broker;
 pub mod canary;
-pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod dev_secret;
@@ -47,7 +51,6 @@ pub mod publish;
 pub mod resume;
 pub mod server;
 pub mod shutdown;
-pub mod subscriptions;
 pub mod wire;
 
 /// Locks a mutex, recovering from poisoning: every critical section in this

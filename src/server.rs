@@ -1,24 +1,22 @@
 //! Start-up and shutdown of `ws-gateway serve`.
 
 use crate::auth::{self, Verifier};
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
-use crate::broker::Broker;
+use crate::canary::{self, Canary};
 use crate::config::{Config, Loaded, DEV_LISTEN};
 use crate::http::{self, App};
-use crate::hub::Hub;
+use crate::hub::{dispatch, Hub};
 use crate::names::Names;
-use crate::{canary, dev_secret, shutdown, subscriptions};
+use crate::shutdown::{self, Services};
+use crate::{broker, dev_secret};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// How long start-up waits for Redis before serving anyway (not ready).
-const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// How long the last closing handshakes may take after the drain window.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long the services (HTTP, dispatcher, broker tasks) may take to stop.
+const SERVICES_STOP: Duration = Duration::from_secs(1);
 /// Lifetime of the tokens printed in dev mode.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -50,25 +48,38 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     }
     let verifier = Verifier::new(&config.auth)?;
     let instance: Arc<str> = instance_id().into();
-    let hub = Hub::new(
-        Names::from_config(&config.redis, &instance),
-        config.connection.max_connections_per_user,
-    );
-    let broker = start_broker(&config, &hub).await?;
+    let names = Names::from_config(&config.redis, &instance);
     let fixed_channels = vec![
-        hub.names().broadcast.as_str().into(),
-        hub.names().canary.as_str().into(),
+        names.broadcast.as_str().into(),
+        names.canary.as_str().into(),
     ];
-    tokio::spawn(subscriptions::run(
-        hub.clone(),
-        broker.clone(),
-        fixed_channels,
-    ));
-    tokio::spawn(canary::run(
-        hub.clone(),
-        broker.clone(),
-        Duration::from_secs(config.redis.canary_interval_secs),
-    ));
+    let canary_channel = names.canary.clone();
+    let started = broker::start(&config.redis, fixed_channels).await?;
+    let broker = started.broker;
+    let hub = Hub::new(
+        names,
+        config.connection.max_connections_per_user,
+        started.desired,
+    );
+    let canary = Arc::new(Canary::default());
+
+    let mut services = Services::default();
+    for (name, task) in started.tasks {
+        services.spawn_until_stopped(name, task);
+    }
+    services.spawn_until_stopped(
+        "dispatcher",
+        dispatch::run(hub.clone(), started.events, broker.clone(), canary.clone()),
+    );
+    services.spawn_until_stopped(
+        "canary",
+        canary::run(
+            canary.clone(),
+            broker.clone(),
+            canary_channel,
+            Duration::from_secs(config.redis.canary_interval_secs),
+        ),
+    );
 
     let listener = TcpListener::bind(config.listen_addr())
         .await
@@ -82,17 +93,23 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     }
 
     let drain_window = Duration::from_secs(config.server.shutdown_drain_secs);
-    let app = Arc::new(App::new(config, instance, hub.clone(), broker, verifier));
+    let app = Arc::new(App::new(
+        config,
+        instance,
+        hub.clone(),
+        broker,
+        canary,
+        verifier,
+    ));
     let pruner = app.clone();
-    tokio::spawn(async move {
+    services.spawn_until_stopped("rate-limit pruner", async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
             pruner.prune_rate_limits();
         }
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, app, stop_rx));
+    services.spawn("http", |stop| http::serve(listener, app, stop));
 
     shutdown::signal().await;
     tracing::info!(
@@ -104,30 +121,9 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     // WebSockets get 503 draining, as load balancers expect.
     hub.drain(drain_window).await;
     hub.wait_empty(CLOSE_WAIT).await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    services.stop(SERVICES_STOP).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn start_broker(config: &Config, hub: &Hub) -> Result<Arc<dyn Broker>, String> {
-    let r = &config.redis;
-    if r.url.is_empty() {
-        tracing::info!(
-            "using the embedded in-memory broker: this instance works alone; \
-             set redis.url (GATEWAY_REDIS_URL) to run several"
-        );
-        return Ok(Arc::new(MemoryBroker::new(
-            hub.clone(),
-            r.history_size,
-            Duration::from_secs(r.history_ttl_secs),
-        )));
-    }
-    let broker = RedisBroker::start(&r.url, hub.clone(), r.history_size, r.history_ttl_secs)?;
-    if let Err(e) = broker.wait_connected(REDIS_STARTUP_WAIT).await {
-        tracing::warn!(error = %e, "Redis is not reachable yet; serving, not ready, and retrying");
-    }
-    Ok(Arc::new(broker))
 }
 
 /// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, so two

@@ -1,17 +1,21 @@
 //! The embedded broker: channels and history inside this process, for one
 //! instance (dev mode, tests, single-node installs). Same semantics as
-//! Redis: only subscribed channels deliver, history is capped and expires.
+//! Redis: only subscribed channels deliver, history is capped and expires,
+//! and delivery is asynchronous: a publish queues an [`Event`] for the
+//! dispatcher (waiting while that bounded queue is full) and returns, as a
+//! Redis PUBLISH returns before the subscribers read it.
 
-use super::{BoxFuture, Broker, BrokerError};
-use crate::hub::Hub;
+use super::{BoxFuture, Broker, BrokerError, Event};
 use crate::lock;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 pub struct MemoryBroker {
-    hub: Hub,
+    /// The dispatcher's queue.
+    events: mpsc::Sender<Event>,
     subscribed: Mutex<HashSet<Box<str>>>,
     history: Mutex<HashMap<String, History>>,
     history_size: usize,
@@ -25,9 +29,9 @@ struct History {
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Hub, history_size: usize, history_ttl: Duration) -> Self {
+    pub fn new(events: mpsc::Sender<Event>, history_size: usize, history_ttl: Duration) -> Self {
         Self {
-            hub,
+            events,
             subscribed: Mutex::new(HashSet::new()),
             history: Mutex::new(HashMap::new()),
             history_size,
@@ -35,11 +39,19 @@ impl MemoryBroker {
         }
     }
 
-    fn deliver(&self, channel: &str, payload: Bytes) {
+    async fn deliver(&self, channel: &str, payload: Bytes) -> Result<(), BrokerError> {
         let subscribed = lock(&self.subscribed).contains(channel);
-        if subscribed {
-            self.hub.dispatch(channel, [payload]);
+        if !subscribed {
+            return Ok(());
         }
+        let event = Event::Messages {
+            channel: channel.into(),
+            payloads: vec![payload],
+        };
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| BrokerError::Unavailable("the gateway is shutting down".into()))
     }
 
     fn append_history(&self, key: &str, payload: Bytes) {
@@ -89,8 +101,7 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.deliver(channel, payload);
-        Box::pin(async { Ok(()) })
+        Box::pin(self.deliver(channel, payload))
     }
 
     fn history<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<Bytes>, BrokerError>> {
@@ -110,7 +121,6 @@ impl Broker for MemoryBroker {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.append_history(history_key, payload.clone());
-        self.deliver(channel, payload);
-        Box::pin(async { Ok(()) })
+        Box::pin(self.deliver(channel, payload))
     }
 }

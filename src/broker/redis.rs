@@ -1,25 +1,30 @@
 //! Redis through fred: two connections per instance, however many clients.
 //!
 //! - `subscriber` is in pub/sub mode: it holds every SUBSCRIBE and receives
-//!   all messages. A reader task drains fred's broadcast channel straight
-//!   into the hub. That channel is bounded (fred's default is 32); it is
-//!   sized large here, and a lag is counted and logged rather than ending
-//!   the reader the way fred's own `on_message` helper would.
+//!   all messages. The dispatcher reads fred's broadcast channel through a
+//!   [`MessageStream`]. That channel is bounded (fred's default is 32); it
+//!   is sized large here, and a lag is reported rather than ending the
+//!   reader the way fred's own `on_message` helper would.
 //! - `publisher` runs ordinary commands: the canonical publish transaction.
 //!
-//! On reconnect the hub is told to resync, and the subscriptions task
+//! On reconnect [`watch_connection`] asks the reconciler to resync, and it
 //! resubscribes every channel itself and checks the result.
 //!
 //! A subscribe returns once Redis has it, not when fred wrote it: a PING on
 //! the subscriber connection follows each SUBSCRIBE (see `subscribe`).
 
-use super::{BoxFuture, Broker, BrokerError};
-use crate::hub::Hub;
+use super::reconcile::Desired;
+use super::{BoxFuture, Broker, BrokerError, Event};
 use bytes::Bytes;
 use fred::prelude::*;
-use std::sync::atomic::Ordering::Relaxed;
+use fred::types::config::Server;
+use fred::types::Message;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 /// Messages fred may buffer between its socket reader and our reader task.
 /// Our reader never waits on a client (it writes without blocking, queuing
@@ -138,21 +143,29 @@ impl Publisher {
 impl RedisBroker {
     /// Connects both clients and starts the reader and reconnect tasks. Does
     /// not wait for Redis: until it answers, the broker reports down.
+    /// Returns the broker and what its subscriber receives.
     pub fn start(
         url: &str,
-        hub: Hub,
         history_size: usize,
         history_ttl_secs: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<(Self, MessageStream, ConnectionEvents), String> {
         let subscriber = build_client(&parse_url(url)?)?;
-        spawn_reader(&subscriber, hub.clone());
-        spawn_reconnect_watch(&subscriber, hub);
+        // Subscribed before connecting: the first connect is an event too.
+        let messages = MessageStream {
+            messages: subscriber.message_rx(),
+            next: None,
+        };
+        let connection = ConnectionEvents {
+            reconnects: subscriber.reconnect_rx(),
+            errors: subscriber.error_rx(),
+        };
         subscriber.connect();
         let publisher = Publisher::start(url, history_size, history_ttl_secs)?;
-        Ok(Self {
+        let broker = Self {
             subscriber,
             publisher,
-        })
+        };
+        Ok((broker, messages, connection))
     }
 
     /// Waits up to `limit` for both connections.
@@ -162,47 +175,50 @@ impl RedisBroker {
     }
 }
 
-/// Messages one pass of the reader hands to fan-outs at most, so that a
-/// pass stays short; far more than a busy instance finds waiting.
+/// Messages one event carries at most, so that a fan-out pass stays short;
+/// far more than a busy instance finds waiting.
 const MAX_GATHERED: usize = 256;
 
-/// Relays what the subscriber receives. Every message already waiting when
-/// a fan-out starts joins it (consecutive messages of one channel go out
+/// What the subscriber receives, as [`Event`]s. Every message already
+/// waiting joins the event (consecutive messages of one channel travel
 /// together), so each client gets them in one write: the busier the
 /// instance, the fewer syscalls per delivery, with no timer and no wake-up.
-fn spawn_reader(subscriber: &Client, hub: Hub) {
-    let mut messages = subscriber.message_rx();
-    tokio::spawn(async move {
-        let mut run: Vec<Bytes> = Vec::new();
-        loop {
-            let first = match messages.recv().await {
+/// Read straight off fred's receiver by the dispatcher: no task between.
+pub struct MessageStream {
+    messages: broadcast::Receiver<Message>,
+    /// The first message of the next event (another channel's).
+    next: Option<Message>,
+}
+
+impl MessageStream {
+    /// The next event; None once the client is gone. Cancel-safe: all the
+    /// work happens after its one await.
+    pub async fn next(&mut self) -> Option<Event> {
+        let first = match self.next.take() {
+            Some(message) => message,
+            None => match self.messages.recv().await {
                 Ok(message) => message,
-                Err(RecvError::Lagged(missed)) => {
-                    lagged(&hub, missed);
-                    continue;
+                Err(RecvError::Lagged(missed)) => return Some(Event::Lagged(missed)),
+                Err(RecvError::Closed) => return None,
+            },
+        };
+        let mut payloads = vec![payload(first.value)];
+        while payloads.len() < MAX_GATHERED {
+            match self.messages.try_recv() {
+                Ok(message) if message.channel == first.channel => {
+                    payloads.push(payload(message.value));
                 }
-                Err(RecvError::Closed) => break,
-            };
-            let mut channel = first.channel;
-            run.push(payload(first.value));
-            for _ in 1..MAX_GATHERED {
-                let message = match messages.try_recv() {
-                    Ok(message) => message,
-                    Err(TryRecvError::Lagged(missed)) => {
-                        lagged(&hub, missed);
-                        break;
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                };
-                if message.channel != channel {
-                    hub.dispatch(&channel, run.drain(..));
-                    channel = message.channel;
+                Ok(message) => {
+                    self.next = Some(message);
+                    break;
                 }
-                run.push(payload(message.value));
+                // Reported by the next call's `recv`.
+                Err(TryRecvError::Lagged(_) | TryRecvError::Empty | TryRecvError::Closed) => break,
             }
-            hub.dispatch(&channel, run.drain(..));
         }
-    });
+        let channel = Box::from(&*first.channel);
+        Some(Event::Messages { channel, payloads })
+    }
 }
 
 fn payload(value: Value) -> Bytes {
@@ -213,39 +229,40 @@ fn payload(value: Value) -> Bytes {
     }
 }
 
-fn lagged(hub: &Hub, missed: u64) {
-    hub.stats().broker_lagged.fetch_add(missed, Relaxed);
-    tracing::error!(missed, "the Redis reader fell behind; messages were lost");
+/// The subscriber connection's (re)connects and errors.
+pub struct ConnectionEvents {
+    reconnects: broadcast::Receiver<Server>,
+    errors: broadcast::Receiver<(Error, Option<Server>)>,
 }
 
-fn spawn_reconnect_watch(subscriber: &Client, hub: Hub) {
-    let mut reconnects = subscriber.reconnect_rx();
-    let mut errors = subscriber.error_rx();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            tokio::select! {
-                event = reconnects.recv() => match event {
-                    Ok(server) => {
-                        if !first {
-                            hub.stats().broker_reconnects.fetch_add(1, Relaxed);
-                            metrics::counter!("ws_gateway_broker_reconnects_total").increment(1);
-                        }
-                        first = false;
-                        tracing::info!(%server, "connected to Redis; resubscribing");
-                        hub.resync();
+/// Watches the subscriber connection: each reconnect after the first
+/// connect redoes every subscription (the first is the reconciler's own
+/// first round). Logs connection errors. Runs until the client is gone.
+pub async fn watch_connection(connection: ConnectionEvents, desired: Arc<Desired>) {
+    let ConnectionEvents {
+        mut reconnects,
+        mut errors,
+    } = connection;
+    let mut first = true;
+    loop {
+        tokio::select! {
+            event = reconnects.recv() => match event {
+                Ok(server) => {
+                    tracing::info!(%server, "connected to Redis; resubscribing");
+                    if !std::mem::take(&mut first) {
+                        desired.resync();
                     }
-                    Err(RecvError::Lagged(_)) => hub.resync(),
-                    Err(RecvError::Closed) => break,
-                },
-                event = errors.recv() => match event {
-                    Ok((error, _)) => tracing::warn!(error = %error.details(), "Redis connection error"),
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => break,
-                },
-            }
+                }
+                Err(RecvError::Lagged(_)) => desired.resync(),
+                Err(RecvError::Closed) => break,
+            },
+            event = errors.recv() => match event {
+                Ok((error, _)) => tracing::warn!(error = %describe(&error), "Redis connection error"),
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
         }
-    });
+    }
 }
 
 async fn wait_for_connect(client: &Client, limit: Duration) -> Result<(), String> {

@@ -7,6 +7,7 @@ mod upgrade;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
+use crate::canary::Canary;
 use crate::config::Config;
 use crate::connection::Sessions;
 use crate::hub::Hub;
@@ -34,6 +35,8 @@ pub struct App {
     pub instance: Arc<str>,
     pub hub: Hub,
     pub broker: Arc<dyn Broker>,
+    /// The delivery canary's round trips, for the probes.
+    pub canary: Arc<Canary>,
     pub verifier: Verifier,
     pub sessions: Arc<Sessions>,
     /// Per-IP connect rate (SPEC §2 `connect_rate_per_ip`); None = unlimited.
@@ -48,6 +51,7 @@ impl App {
         instance: Arc<str>,
         hub: Hub,
         broker: Arc<dyn Broker>,
+        canary: Arc<Canary>,
         verifier: Verifier,
     ) -> Self {
         let c = &config.connection;
@@ -71,6 +75,7 @@ impl App {
             instance,
             hub,
             broker,
+            canary,
             verifier,
             sessions,
             connect_limiter,
@@ -101,7 +106,7 @@ impl App {
     /// The state behind `/ws/health` and `/readyz`, read once per request.
     fn probe(&self) -> Probe {
         let interval = Duration::from_secs(self.config.redis.canary_interval_secs);
-        let canary_age = self.hub.canary().age();
+        let canary_age = self.canary.age();
         Probe {
             broker_up: self.broker.is_up(),
             canary_age,

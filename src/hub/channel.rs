@@ -72,8 +72,6 @@ impl Members {
 
 pub struct Channel {
     pub members: Members,
-    /// True once the broker confirmed the subscription.
-    pub confirmed: bool,
     /// The last message relayed here (or the channel's creation): where a
     /// catch-up resumes.
     position: Point,
@@ -92,7 +90,6 @@ impl Channel {
     pub fn new(now_ms: u64) -> Self {
         Self {
             members: Members::default(),
-            confirmed: false,
             position: Point::at(now_ms),
             recovery: None,
             dedupe: None,

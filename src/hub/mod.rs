@@ -3,25 +3,23 @@
 //! The hub maps broker channels to the local connections that want them: a
 //! user's channel to that user's connections, a role's channel to the
 //! connections whose token has the role; the broadcast channel reaches every
-//! connection. A channel is wanted while it has at least one member; the
-//! [`subscriptions`](crate::subscriptions) task turns "wanted" into
-//! SUBSCRIBE/UNSUBSCRIBE on the broker.
+//! connection. A channel is wanted while it has at least one member: the
+//! hub tells the broker's [`Desired`] when that starts and ends, and the
+//! broker's reconciler turns it into SUBSCRIBE/UNSUBSCRIBE.
 //!
-//! Race freedom: connect and disconnect change membership under one lock and
-//! only mark channels *dirty*; the single subscriptions task later compares
-//! each dirty channel's membership with what the broker has. However quickly
-//! a user connects and disconnects, the last reconciliation sees the final
-//! membership, so the broker ends up subscribed exactly to the wanted set.
+//! Deliveries (live messages and catch-ups) come from one task, the
+//! [`dispatch`]er, so their order is that task's order: no lock orders them.
 //!
 //! A `std::sync::Mutex` guards the state: every critical section is short
 //! and has no await. Fan-out decides its recipients under the lock and
 //! writes to them after releasing it (non-blocking writes into bounded
 //! queues), so neither a slow client nor the syscalls delay a connect.
 
+mod channel;
+pub mod dispatch;
+
 use crate::auth::Identity;
-use crate::canary::Canary;
-pub use crate::channel::ConnId;
-use crate::channel::{Channel, Deliveries, Members};
+use crate::broker::reconcile::Desired;
 use crate::lock;
 use crate::metrics::Stats;
 use crate::names::Names;
@@ -29,11 +27,14 @@ use crate::protocol::validate_published;
 use crate::protocol::Published;
 use crate::wire::{CloseReason, Push, Wire};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
+
+pub use channel::ConnId;
+use channel::{Channel, Deliveries, Members};
 
 /// A cheap-to-clone handle to the shared hub.
 #[derive(Clone)]
@@ -43,12 +44,8 @@ pub struct Hub {
 
 struct Shared {
     state: Mutex<State>,
-    /// Held by whoever delivers (the broker reader, a catch-up), so that
-    /// deliveries reach the wires in the order the channels decided them.
-    /// Connects and disconnects never take it.
-    fan_out: Mutex<()>,
-    /// Wakes the subscriptions task when channels are dirty.
-    dirty: Notify,
+    /// What the broker should be subscribed to.
+    desired: Arc<Desired>,
     names: Names,
     max_per_user: usize,
     next_id: AtomicU64,
@@ -56,8 +53,6 @@ struct Shared {
     started: Instant,
     /// When a dropped publish was last logged (ms since start), to rate-limit.
     last_drop_log_ms: AtomicU64,
-    /// Round trips of the delivery canary (SPEC §4).
-    canary: Canary,
 }
 
 #[derive(Default)]
@@ -67,19 +62,7 @@ struct State {
     /// Channels with at least one local member.
     channels: HashMap<Box<str>, Channel>,
     users: usize,
-    /// Work for the subscriptions task.
-    pending: Pending,
     draining: bool,
-}
-
-/// Channels whose subscription may need to change, and connections waiting
-/// for theirs to be confirmed.
-#[derive(Default)]
-pub struct Pending {
-    pub dirty: HashSet<Box<str>>,
-    pub waiters: Vec<oneshot::Sender<()>>,
-    /// The broker lost its subscriptions (reconnect): redo them all.
-    pub resync: bool,
 }
 
 /// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
@@ -103,7 +86,7 @@ pub struct Registration {
     pub id: ConnId,
     channels: Vec<Box<str>>,
     /// Resolves when every channel of this connection is subscribed.
-    pub ready: Option<oneshot::Receiver<()>>,
+    pub ready: oneshot::Receiver<()>,
 }
 
 impl Drop for Registration {
@@ -113,26 +96,17 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    pub fn new(names: Names, max_per_user: usize) -> Self {
-        let state = State {
-            pending: Pending {
-                resync: true,
-                ..Pending::default()
-            },
-            ..State::default()
-        };
+    pub fn new(names: Names, max_per_user: usize, desired: Arc<Desired>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                fan_out: Mutex::new(()),
-                dirty: Notify::new(),
+                state: Mutex::new(State::default()),
+                desired,
                 names,
                 max_per_user,
                 next_id: AtomicU64::new(1),
                 stats: Arc::default(),
                 started: Instant::now(),
                 last_drop_log_ms: AtomicU64::new(0),
-                canary: Canary::default(),
             }),
         }
     }
@@ -171,33 +145,20 @@ impl Hub {
             state.users += 1;
         }
         state.connections.insert(id, wire.clone());
-        let mut all_confirmed = true;
         for name in &channels {
-            let channel = match state.channels.get_mut(name) {
-                Some(c) => c,
-                None => {
-                    state.pending.dirty.insert(name.clone());
-                    state
-                        .channels
-                        .entry(name.clone())
-                        .or_insert_with(|| Channel::new(crate::publish::unix_millis()))
-                }
-            };
+            let channel = state.channels.entry(name.clone()).or_insert_with(|| {
+                // Under the hub's lock: the broker learns of wants and
+                // unwants in membership order.
+                self.shared.desired.want(name);
+                Channel::new(crate::publish::unix_millis())
+            });
             channel.members.insert(id, wire.clone());
-            all_confirmed &= channel.confirmed;
         }
-        let ready = if all_confirmed {
-            None
-        } else {
-            let (tx, rx) = oneshot::channel();
-            state.pending.waiters.push(tx);
-            Some(rx)
-        };
         drop(state);
+        // Even a channel subscribed long ago is confirmed by the next
+        // round: a stale "subscribed" cannot release a connection early.
+        let ready = self.shared.desired.confirmation(&channels);
         self.shared.stats.connections_opened.fetch_add(1, Relaxed);
-        if ready.is_some() {
-            self.shared.dirty.notify_one();
-        }
         Ok(Registration {
             hub: self.clone(),
             id,
@@ -211,7 +172,6 @@ impl Hub {
         if !state.connections.remove(id) {
             return;
         }
-        let mut emptied = false;
         for (i, name) in channels.iter().enumerate() {
             let Some(channel) = state.channels.get_mut(name) else {
                 continue;
@@ -219,29 +179,19 @@ impl Hub {
             channel.members.remove(id);
             if channel.members.is_empty() {
                 state.channels.remove(name);
-                state.pending.dirty.insert(name.clone());
-                emptied = true;
+                self.shared.desired.unwant(name);
                 if i == 0 {
                     state.users -= 1;
                 }
             }
         }
-        drop(state);
-        if emptied {
-            self.shared.dirty.notify_one();
-        }
     }
 
     /// Relays messages that arrived on `channel`, in order, to every local
-    /// member. Called by the broker's reader with every message of the
-    /// channel that is waiting, without waiting on any client: each member
+    /// member. Called by the [`dispatch`]er only, with every message of the
+    /// channel that was waiting, without waiting on any client: each member
     /// gets all of them in one write (see [`wire`](crate::wire)).
     pub fn dispatch(&self, channel: &str, payloads: impl IntoIterator<Item = Bytes>) {
-        if channel == self.shared.names.canary {
-            return payloads
-                .into_iter()
-                .for_each(|p| self.shared.canary.echoed(&p));
-        }
         let stats = &self.shared.stats;
         let mut valid = Deliveries::new();
         for payload in payloads {
@@ -257,7 +207,6 @@ impl Hub {
         if valid.is_empty() {
             return;
         }
-        let _in_order = lock(&self.shared.fan_out);
         let (messages, recipients) = {
             let mut state = lock(&self.shared.state);
             let state = &mut *state;
@@ -296,20 +245,25 @@ impl Hub {
         }
     }
 
-    /// User channels waiting for a catch-up after a broker reconnect.
-    pub fn recovering_channels(&self) -> Vec<Box<str>> {
+    /// The channels among `confirmed` that wait for a catch-up after a
+    /// broker reconnect.
+    pub fn recovering_among(&self, confirmed: &[Box<str>]) -> Vec<Box<str>> {
         let state = lock(&self.shared.state);
-        state
-            .channels
+        confirmed
             .iter()
-            .filter(|(_, c)| c.is_recovering())
-            .map(|(name, _)| name.clone())
+            .filter(|name| {
+                state
+                    .channels
+                    .get(*name)
+                    .is_some_and(Channel::is_recovering)
+            })
+            .cloned()
             .collect()
     }
 
     /// Ends a channel's recovery with its history (`None`: unreadable).
+    /// Called by the [`dispatch`]er only, like `dispatch`.
     pub fn catch_up(&self, channel: &str, history: Option<Vec<Arc<Published>>>) {
-        let _in_order = lock(&self.shared.fan_out);
         let mut messages = Deliveries::new();
         let (missed, recipients) = {
             let mut state = lock(&self.shared.state);
@@ -335,11 +289,6 @@ impl Hub {
         }
     }
 
-    /// The delivery canary's state.
-    pub fn canary(&self) -> &Canary {
-        &self.shared.canary
-    }
-
     fn log_drop(&self, channel: &str, reason: &str) {
         let now_ms = self.shared.started.elapsed().as_millis() as u64;
         let last = self.shared.last_drop_log_ms.load(Relaxed);
@@ -359,58 +308,16 @@ impl Hub {
         }
     }
 
-    /// Takes the subscription work queued since the last call.
-    pub fn take_pending(&self) -> Pending {
-        std::mem::take(&mut lock(&self.shared.state).pending)
-    }
-
-    /// Waits until there may be subscription work.
-    pub async fn pending_changed(&self) {
-        self.shared.dirty.notified().await
-    }
-
-    /// Puts back work the subscriptions task could not finish.
-    pub fn restore_pending(&self, pending: Pending) {
-        let mut state = lock(&self.shared.state);
-        state.pending.dirty.extend(pending.dirty);
-        state.pending.waiters.extend(pending.waiters);
-        state.pending.resync |= pending.resync;
-    }
-
-    /// Channels that currently have members.
-    pub fn wanted_channels(&self) -> Vec<Box<str>> {
-        lock(&self.shared.state).channels.keys().cloned().collect()
-    }
-
-    /// Whether `channel` currently has members.
-    pub fn wants(&self, channel: &str) -> bool {
-        lock(&self.shared.state).channels.contains_key(channel)
-    }
-
-    /// Marks channels as subscribed at the broker.
-    pub fn confirm(&self, channels: &[Box<str>]) {
-        let mut state = lock(&self.shared.state);
-        for name in channels {
-            if let Some(c) = state.channels.get_mut(name) {
-                c.confirmed = true;
-            }
-        }
-    }
-
-    /// The broker lost every subscription (a reconnect): redo them all, and
-    /// catch user channels up on what was published meanwhile.
-    pub fn resync(&self) {
+    /// The broker reconnected: until its catch-up, each user channel holds
+    /// its live messages (what was published meanwhile is in its history).
+    pub fn begin_recovery(&self) {
         let mut state = lock(&self.shared.state);
         let names = &self.shared.names;
         for (name, c) in state.channels.iter_mut() {
-            c.confirmed = false;
             if names.user_of(name).is_some() {
                 c.begin_recovery();
             }
         }
-        state.pending.resync = true;
-        drop(state);
-        self.shared.dirty.notify_one();
     }
 
     /// Drains: refuses new connections, then tells every open one to close
@@ -480,6 +387,7 @@ mod tests {
         Hub::new(
             Names::from_config(&crate::config::RedisConfig::default(), "test"),
             max_per_user,
+            Desired::new(Vec::new()),
         )
     }
 
@@ -520,23 +428,21 @@ mod tests {
     #[tokio::test]
     async fn membership_is_reference_counted() {
         let hub = hub(16);
-        hub.take_pending();
+        let wanted = |channel| hub.shared.desired.is_wanted(channel);
         let a = hub
             .register(&who("42", &["ops"]), wire(hub.stats()).await.0)
             .unwrap();
         let b = hub
             .register(&who("42", &[]), wire(hub.stats()).await.0)
             .unwrap();
-        assert!(hub.wants("ws:user:42") && hub.wants("ws:role:ops"));
-        let pending = hub.take_pending();
-        assert_eq!(pending.dirty.len(), 2);
+        assert!(wanted("ws:user:42") && wanted("ws:role:ops"));
+        assert_eq!(hub.snapshot().subscriptions, 2);
         drop(a);
-        assert!(hub.wants("ws:user:42"));
-        assert!(!hub.wants("ws:role:ops"));
+        assert!(wanted("ws:user:42"));
+        assert!(!wanted("ws:role:ops"));
         drop(b);
-        assert!(!hub.wants("ws:user:42"));
+        assert!(!wanted("ws:user:42"));
         assert_eq!(hub.snapshot().users, 0);
-        assert!(hub.take_pending().dirty.contains("ws:user:42"));
     }
 
     #[tokio::test]
