@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --bins
+cargo build --release --workspace --bins
 mkdir -p target/bench
 out=target/bench/results.jsonl
 

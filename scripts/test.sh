@@ -63,10 +63,10 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test $*"
-cargo test "$@"
+step "cargo test --workspace $*"
+cargo test --workspace "$@"
 
 step "all checks passed"
