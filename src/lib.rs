@@ -16,7 +16,9 @@
 //!   echoes.
 //! - [`wire`]: a connection's sending side: direct writes, a bounded queue
 //!   (slow consumers → 4008), and the stream tungstenite reads through.
-//! - [`connection`]: one client's session: resume, reads, heartbeat, close.
+//! - [`session`]: one client's session (registration, resume, CONNECTED),
+//!   with its transport (the WebSocket), its client commands and its
+//!   deadlines each in a module of their own.
 //! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
 //! - [`server`]: start-up and shutdown: builds everything and runs each
 //!   long-lived task as a named [`shutdown::Services`] member.
@@ -40,7 +42,6 @@ pub mod auth;
 pub mod broker;
 pub mod canary;
 pub mod config;
-pub mod connection;
 pub mod dev_secret;
 pub mod http;
 pub mod hub;
@@ -50,6 +51,7 @@ pub mod protocol;
 pub mod publish;
 pub mod resume;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod wire;
 

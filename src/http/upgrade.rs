@@ -6,7 +6,7 @@
 //! close 4001, because a browser cannot read the status of a failed upgrade.
 
 use super::{reply, App};
-use crate::connection;
+use crate::session;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -113,7 +113,7 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 let early = read_buf.to_vec();
                 drop(read_buf);
                 let socket = parts.io.into_inner();
-                connection::run(socket, early, auth, since, sessions, ip).await;
+                session::run(socket, early, auth, since, sessions, ip).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; dropped"),
         }

@@ -1,0 +1,141 @@
+//! What a client may send (SPEC §5) and what it gets back: every client
+//! command in one place (PING today; AUTH_REFRESH, SUBSCRIBE and
+//! UNSUBSCRIBE next), with the client's rate limit and the strike count
+//! that ends sustained abuse with 1008. Transport-neutral: a transport
+//! hands it the client's text and sends the reply.
+
+use crate::protocol::{self, ClientMessage};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Refused client messages in a row (rate-limited or invalid) after which
+/// the connection is closed with 1008.
+const MAX_STRIKES: u32 = 10;
+
+/// One connection's command handling.
+pub struct Commands {
+    budget: ClientBudget,
+    /// Refused messages in a row.
+    strikes: u32,
+}
+
+/// What a client's message comes to.
+pub enum Verdict {
+    /// Send this back.
+    Reply(Utf8Bytes),
+    /// Too many refused messages in a row: close with 1008.
+    Abuse,
+}
+
+impl Commands {
+    /// `rate`: client messages per second (bursts of twice that); 0 =
+    /// unlimited.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            budget: ClientBudget::new(rate),
+            strikes: 0,
+        }
+    }
+
+    /// Handles one text message from the client.
+    pub fn handle(&mut self, text: &str) -> Verdict {
+        let (reply, accepted) = if self.budget.take() {
+            answer(text)
+        } else {
+            let message = "too many messages; slow down";
+            (protocol::error("rate_limited", message), false)
+        };
+        self.strikes = if accepted { 0 } else { self.strikes + 1 };
+        if self.strikes >= MAX_STRIKES {
+            Verdict::Abuse
+        } else {
+            Verdict::Reply(reply)
+        }
+    }
+}
+
+/// The answer to a client's text message (SPEC §5), and whether the
+/// message was valid.
+fn answer(text: &str) -> (Utf8Bytes, bool) {
+    match protocol::parse_client(text) {
+        Ok(ClientMessage::Ping { ts }) => (protocol::pong(ts), true),
+        Ok(ClientMessage::Unknown(kind)) => {
+            let shown: String = kind.chars().take(64).collect();
+            let message = format!("unknown message type {shown:?}");
+            (protocol::error("unknown_type", &message), false)
+        }
+        Err(e) => (protocol::error(e.code, &e.message), false),
+    }
+}
+
+/// A token bucket for the client's own messages: `rate` per second, bursts
+/// of twice that. Two numbers per connection; no shared state.
+struct ClientBudget {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl ClientBudget {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            tokens: 2.0 * rate,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one message from the budget; false when it is spent.
+    fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn client_budget_allows_bursts_then_the_rate() {
+        let mut budget = ClientBudget::new(5);
+        assert_eq!(
+            (0..10).filter(|_| budget.take()).count(),
+            10,
+            "burst = 2x rate"
+        );
+        assert!(!budget.take());
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!((0..10).filter(|_| budget.take()).count(), 2);
+        let mut unlimited = ClientBudget::new(0);
+        assert!((0..1000).all(|_| unlimited.take()));
+    }
+
+    #[test]
+    fn ten_refused_messages_in_a_row_are_abuse() {
+        let mut commands = Commands::new(0);
+        for _ in 0..9 {
+            assert!(matches!(commands.handle("nope"), Verdict::Reply(_)));
+        }
+        assert!(matches!(
+            commands.handle(r#"{"type":"PING"}"#),
+            Verdict::Reply(_)
+        ));
+        for _ in 0..9 {
+            assert!(matches!(commands.handle("nope"), Verdict::Reply(_)));
+        }
+        assert!(matches!(commands.handle("nope"), Verdict::Abuse));
+    }
+}

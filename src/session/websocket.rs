@@ -1,0 +1,161 @@
+//! The WebSocket transport of a session (SPEC §4, §6): tungstenite over
+//! the connection's [`Wire`], reading the client's frames, answering them
+//! through [`Commands`], keeping the [`Heartbeat`], and closing with the
+//! right code. Published messages do not pass through here: the fan-out
+//! writes them to the wire directly.
+
+use super::commands::{Commands, Verdict};
+use super::deadlines::{Beat, Heartbeat};
+use super::{End, Sessions};
+use crate::protocol::{self, close};
+use crate::wire::{CloseReason, Wire, WireStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<WireStream>;
+
+/// How long a closing handshake may take before the socket is dropped. Long
+/// enough for a stalled client that wakes up to still read its close code.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// tungstenite's buffers, sized for many mostly idle connections: its
+/// defaults (128 KiB read buffer allocated up front, unbounded write
+/// buffer) would cost gigabytes at 10k clients. It only writes control
+/// frames and replies, straight into the wire (no buffering of its own).
+fn config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// The WebSocket over `wire`; `early` is what the client sent after its
+/// upgrade request.
+pub async fn open(wire: Arc<Wire>, early: Vec<u8>, max_message_bytes: usize) -> Ws {
+    let stream = WireStream::new(wire);
+    let config = Some(config(max_message_bytes));
+    if early.is_empty() {
+        WebSocketStream::from_raw_socket(stream, Role::Server, config).await
+    } else {
+        WebSocketStream::from_partially_read(stream, early, Role::Server, config).await
+    }
+}
+
+/// Queues a text frame; false when the client is gone.
+pub async fn send(ws: &mut Ws, text: Utf8Bytes) -> bool {
+    ws.feed(Message::Text(text)).await.is_ok()
+}
+
+/// The session loop: flushes what the fan-out could not write at once,
+/// answers the client, keeps the heartbeat. Returns why it ended, after the
+/// close handshake.
+pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
+    let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
+    // One timer for both the ping and the idle deadline: fewer timers to
+    // poll on every wake-up, and none to reset on every client frame.
+    let timer = tokio::time::sleep_until(heartbeat.next_deadline());
+    tokio::pin!(timer);
+    let mut commands = Commands::new(cfg.client_messages_per_sec);
+
+    loop {
+        match wire.closed() {
+            Some(CloseReason::SlowConsumer) => {
+                return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer)
+                    .await;
+            }
+            // The close frame goes after everything queued.
+            Some(CloseReason::Shutdown) => {
+                return close_with(ws, close::GOING_AWAY, "server shutting down", End::Shutdown)
+                    .await;
+            }
+            None => {}
+        }
+        let flushing = wire.has_pending();
+        tokio::select! {
+            flushed = wire.flush(), if flushing => {
+                if flushed.is_err() {
+                    return End::ClientGone;
+                }
+            }
+            () = wire.changed() => {}
+            incoming = ws.next() => {
+                heartbeat.heard_from_client();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => match commands.handle(&text) {
+                        Verdict::Abuse => {
+                            return close_with(ws, close::POLICY_VIOLATION, "too many refused messages", End::Abuse).await;
+                        }
+                        // Queued in the wire; the loop flushes it.
+                        Verdict::Reply(reply) => if !send(ws, reply).await {
+                            return End::ClientGone;
+                        }
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        return close_with(ws, close::UNSUPPORTED_DATA, "binary frames are not supported", End::BinaryFrame).await;
+                    }
+                    // Pings are answered by tungstenite on the next read.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the reply; flush it and finish.
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+                        return End::ClientClosed;
+                    }
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return close_with(ws, close::MESSAGE_TOO_BIG, "message too big", End::MessageTooBig).await;
+                    }
+                    Some(Err(WsError::Protocol(_))) => {
+                        return close_with(ws, 1002, "protocol error", End::ProtocolError).await;
+                    }
+                    Some(Err(_)) | None => return End::ClientGone,
+                }
+            }
+            () = &mut timer => {
+                match heartbeat.due(tokio::time::Instant::now()) {
+                    Some(Beat::Idle) => {
+                        return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
+                    }
+                    Some(Beat::Ping) if ws.feed(Message::Ping(Default::default())).await.is_err() => {
+                        return End::ClientGone;
+                    }
+                    Some(Beat::Ping) | None => {}
+                }
+                timer.as_mut().reset(heartbeat.next_deadline());
+            }
+        }
+    }
+}
+
+/// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
+pub async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
+    let sent = tokio::time::timeout(
+        CLOSE_GRACE,
+        ws.send(Message::Text(protocol::error(code, message))),
+    )
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        close_with(&mut ws, close_code, code, End::ClientGone).await;
+    }
+}
+
+/// Starts the closing handshake with `code` and waits (bounded) for the
+/// client's reply, so the client reads the code before the socket goes.
+async fn close_with(ws: &mut Ws, code: u16, reason: &str, end: End) -> End {
+    let frame = CloseFrame {
+        code: protocol::close_code(code),
+        reason: reason.into(),
+    };
+    let handshake = async {
+        ws.close(Some(frame)).await?;
+        while ws.next().await.is_some() {}
+        Ok::<(), WsError>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
+    end
+}
