@@ -1,0 +1,285 @@
+//! The sending side of one connection: every byte the server writes to a
+//! client goes through its `Wire`, in order.
+//!
+//! Why not let tungstenite write everything? Because then every delivery
+//! would wake the connection's task, and at 10k connections the wake-ups
+//! cost as much CPU as the writes themselves. Instead the fan-out writes
+//! published messages straight to the socket when nothing is queued for
+//! that client: one non-blocking `writev` of the messages' frames (built
+//! once per message and shared by every recipient: no copy per client) for
+//! all the messages it has for the client at once. Only when the socket is
+//! full does it queue the rest and wake the session task, which flushes the
+//! queue once the socket is writable.
+//!
+//! The fan-out is handed every message that is waiting when it starts (see
+//! [`Hub::dispatch`](crate::hub::Hub::dispatch)): at low rates that is one
+//! message and one syscall per delivery; the busier the instance, the more
+//! messages arrive while a fan-out is under way, and the more of them the
+//! next one writes per syscall. No wake-up, no queue, no extra copy on
+//! either path.
+//!
+//! tungstenite still reads the client's frames and writes the server's
+//! control frames (pongs, pings, replies, close): it sees the socket through
+//! [`WireStream`], whose writes go through the same queue, so they can never
+//! interleave with a published message.
+//!
+//! The parts: `outbox` is the queue's policy (capacity → 4008, bounded
+//! replies, holding live messages for a replay), `writev` the socket
+//! writer, and `stream` the [`WireStream`]. The outbox is under a
+//! per-connection `std::sync::Mutex`: writes under it are non-blocking
+//! (`try_write`), nothing under it awaits, and only this connection's own
+//! writers ever wait for it.
+
+mod outbox;
+mod stream;
+mod writev;
+
+pub use stream::WireStream;
+
+use crate::lock;
+use crate::metrics::Stats;
+use crate::protocol::Published;
+use crate::resume::Dedupe;
+use outbox::{frame_of, Flushed, Outbox};
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Why the server closes a connection from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue overflowed: close 4008, dropping what is queued.
+    SlowConsumer,
+    /// The instance is shutting down: write what is queued, then close 1001.
+    Shutdown,
+}
+
+/// What happened to a delivered message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Written, queued, held, or dropped as a duplicate of a replay.
+    Queued,
+    /// The queue was full; the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection was already closing.
+    Closed,
+}
+
+pub struct Wire {
+    socket: TcpStream,
+    state: Mutex<Outbox>,
+    /// Wakes the session: bytes are queued, or the wire was closed.
+    notify: Notify,
+    /// Where its deliveries are counted, whichever path writes them.
+    stats: Arc<Stats>,
+}
+
+impl Wire {
+    /// `capacity`: published messages queued before the client counts as a
+    /// slow consumer. Live messages are held until [`Wire::release`].
+    pub fn new(socket: TcpStream, capacity: usize, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(Self {
+            socket,
+            state: Mutex::new(Outbox::new(capacity)),
+            notify: Notify::new(),
+            stats,
+        })
+    }
+
+    fn delivered(&self) -> &AtomicU64 {
+        &self.stats.messages_delivered
+    }
+
+    /// Fan-out: sends live messages, in order, without waiting.
+    pub fn deliver(&self, messages: &[Arc<Published>]) -> Push {
+        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, self.delivered());
+        self.wake_if(wake);
+        push
+    }
+
+    /// Sends a replayed message now, ahead of the held live ones.
+    pub fn send_replayed(&self, published: &Arc<Published>) {
+        let out = std::iter::once(frame_of(published));
+        let (_, wake) = lock(&self.state).send(&self.socket, out, self.delivered());
+        self.wake_if(wake);
+    }
+
+    /// Sends tungstenite's bytes (control frames, replies), behind what is
+    /// queued.
+    fn send_raw(&self, buf: &[u8]) {
+        let out = std::iter::once(writev::Out::Raw(buf));
+        let (_, wake) = lock(&self.state).send(&self.socket, out, self.delivered());
+        self.wake_if(wake);
+    }
+
+    /// Ends the hold: live messages flow, minus those `dedupe` says were
+    /// replayed.
+    pub fn release(&self, dedupe: Option<Dedupe>) {
+        let (_, wake) = lock(&self.state).release(&self.socket, dedupe, self.delivered());
+        self.wake_if(wake);
+    }
+
+    fn wake_if(&self, wake: bool) {
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Closes from outside the session (shutdown); it sees it on its next wake.
+    pub fn close(&self, reason: CloseReason) {
+        lock(&self.state).close(reason);
+        self.notify.notify_one();
+    }
+
+    pub fn closed(&self) -> Option<CloseReason> {
+        lock(&self.state).closed()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        lock(&self.state).has_pending()
+    }
+
+    /// Resolves when something changed: bytes queued, or the wire closed.
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    /// Writes everything queued.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match lock(&self.state).write_pending(&self.socket, self.delivered())? {
+                Flushed::All => return Poll::Ready(Ok(())),
+                Flushed::Blocked => ready!(self.socket.poll_write_ready(cx))?,
+            }
+        }
+    }
+
+    pub async fn flush(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::validate_published;
+    use bytes::Bytes;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (server, client) = tokio::join!(listener.accept(), client);
+        (server.unwrap().0, client.unwrap())
+    }
+
+    fn message(text: &str) -> Arc<Published> {
+        Arc::new(validate_published(Bytes::from(text.to_string())).unwrap())
+    }
+
+    #[tokio::test]
+    async fn held_messages_follow_the_replay_in_order() {
+        let (server, mut client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 16, stats.clone());
+        wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)]);
+        wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#));
+        wire.release(None);
+        wire.flush().await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 2 * 2 + 22 + 23 {
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        let old = text.find("OLD").unwrap();
+        let live = text.find("LIVE").unwrap();
+        assert!(old < live, "replay first: {text:?}");
+        assert_eq!(stats.messages_delivered.load(Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn replies_to_a_client_that_never_reads_are_bounded_too() {
+        use tokio::io::AsyncWriteExt;
+        let (server, _client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 4, stats.clone());
+        wire.release(None);
+        // Fill the socket until a message stays queued; the replies queue
+        // behind it.
+        let big = message(&format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(512 * 1024)
+        ));
+        for _ in 0..256 {
+            if wire.has_pending() {
+                break;
+            }
+            assert_eq!(wire.deliver(std::slice::from_ref(&big)), Push::Queued);
+        }
+        assert!(wire.has_pending(), "the socket never filled");
+        let mut stream = WireStream::new(wire.clone());
+        for reply in 1..=3 {
+            stream
+                .write_all(format!("pong-{reply}").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(wire.closed(), None);
+        }
+        stream.write_all(b"pong-4").await.unwrap();
+        assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+    }
+
+    /// Messages queued behind a full socket and written by tungstenite's
+    /// flush (it flushes when it sends a Pong or a Close) are deliveries too.
+    #[tokio::test]
+    async fn messages_flushed_through_the_stream_are_counted() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        let wire = Wire::new(server, 1024, stats.clone());
+        wire.release(None);
+        let big = message(&format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(256 * 1024)
+        ));
+        let mut sent = 0u64;
+        while !wire.has_pending() && sent < 256 {
+            wire.deliver(std::slice::from_ref(&big));
+            sent += 1;
+        }
+        assert!(wire.has_pending(), "the socket never filled");
+        let total = sent as usize * big.frame.len();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut read = 0;
+            while read < total {
+                read += client.read(&mut buf).await.unwrap();
+            }
+        });
+        let mut stream = WireStream::new(wire.clone());
+        stream.flush().await.unwrap();
+        reader.await.unwrap();
+        assert_eq!(stats.messages_delivered.load(Relaxed), sent);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_as_slow_consumer() {
+        let (server, _client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        // Held until release, like a client whose socket takes nothing.
+        let wire = Wire::new(server, 2, stats.clone());
+        let m = [message(r#"{"type":"X"}"#)];
+        assert_eq!(wire.deliver(&m), Push::Queued);
+        assert_eq!(wire.deliver(&m), Push::Queued);
+        assert_eq!(wire.deliver(&m), Push::Overflowed);
+        assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(wire.deliver(&m), Push::Closed);
+    }
+}

@@ -1,0 +1,226 @@
+//! What a connection's queue accepts: the policy between the fan-out and
+//! the socket writer ([`writev`](super::writev)). Published messages count
+//! against `capacity` (past it the client is a slow consumer: close 4008,
+//! the queue dropped); so do replies, when a client sends but never reads;
+//! live messages are held until the session has sent CONNECTED and any
+//! replay, then filtered against that replay. Conflation would be one more
+//! rule here.
+
+use super::writev::{self, Out};
+use super::{CloseReason, Push};
+use crate::protocol::Published;
+use crate::resume::{self, Dedupe};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+pub(super) struct Outbox {
+    /// Bytes accepted and not yet written, oldest first.
+    pending: VecDeque<Chunk>,
+    /// Published messages in `pending` and `held`, against `capacity`.
+    queued: usize,
+    capacity: usize,
+    closed: Option<CloseReason>,
+    /// Live messages waiting until the session has sent CONNECTED and any
+    /// replay; `None` once released.
+    held: Option<Vec<Arc<Published>>>,
+    /// Drops live copies of what a replay sent.
+    dedupe: Option<Box<Dedupe>>,
+}
+
+/// Bytes to write (a published message's shared frame, or raw bytes), and
+/// how much of them is already written.
+struct Chunk {
+    bytes: Bytes,
+    written: usize,
+    /// A published message (counts against the queue and as a delivery).
+    message: bool,
+}
+
+impl Chunk {
+    /// The chunk to queue, with `written` bytes already sent.
+    fn of(out: Out<'_>, written: usize) -> Chunk {
+        let (bytes, message) = match out {
+            Out::Message(frame) => (frame.clone(), true),
+            Out::Raw(bytes) => (Bytes::copy_from_slice(bytes), false),
+        };
+        Chunk {
+            bytes,
+            written,
+            message,
+        }
+    }
+}
+
+pub(super) fn frame_of(published: &Arc<Published>) -> Out<'_> {
+    Out::Message(&published.frame)
+}
+
+/// What a write attempt under the lock achieved.
+pub(super) enum Flushed {
+    All,
+    Blocked,
+}
+
+impl Outbox {
+    /// Holds live messages until [`Outbox::release`].
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            // Allocated on first use: an idle connection costs nothing here.
+            pending: VecDeque::new(),
+            queued: 0,
+            capacity,
+            closed: None,
+            held: Some(Vec::new()),
+            dedupe: None,
+        }
+    }
+
+    /// Ends the hold: the held live messages go out, minus those `dedupe`
+    /// says were replayed, and so do later ones.
+    pub(super) fn release(
+        &mut self,
+        socket: &TcpStream,
+        dedupe: Option<Dedupe>,
+        delivered: &AtomicU64,
+    ) -> (Push, bool) {
+        let held = self.held.take().unwrap_or_default();
+        self.queued -= held.len().min(self.queued);
+        self.dedupe = dedupe.map(Box::new);
+        self.deliver(socket, &held, delivered)
+    }
+
+    /// Closes (unless already closing): the session sees it on its next wake.
+    pub(super) fn close(&mut self, reason: CloseReason) {
+        self.closed.get_or_insert(reason);
+    }
+
+    pub(super) fn closed(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes queued chunks until done or the socket is full; counts the
+    /// messages completed in `delivered`.
+    pub(super) fn write_pending(
+        &mut self,
+        socket: &TcpStream,
+        delivered: &AtomicU64,
+    ) -> io::Result<Flushed> {
+        while !self.pending.is_empty() {
+            let tails = self.pending.iter().map(|c| &c.bytes[c.written..]);
+            let Some(mut n) = writev::write_queued(socket, tails)? else {
+                return Ok(Flushed::Blocked);
+            };
+            while n > 0 {
+                let Some(front) = self.pending.front_mut() else {
+                    break;
+                };
+                let left = front.bytes.len() - front.written;
+                if n < left {
+                    front.written += n;
+                    break;
+                }
+                n -= left;
+                if front.message {
+                    self.queued -= 1;
+                    delivered.fetch_add(1, Relaxed);
+                }
+                self.pending.pop_front();
+            }
+        }
+        Ok(Flushed::All)
+    }
+
+    /// Writes `outs` at once when nothing is queued, and queues what the
+    /// socket did not take (or all of them, behind what is queued). Wakes
+    /// the session (true) when the queue was empty and is not; overflows
+    /// when published messages exceed the capacity.
+    pub(super) fn send<'a>(
+        &mut self,
+        socket: &TcpStream,
+        outs: impl Iterator<Item = Out<'a>> + Clone,
+        delivered: &AtomicU64,
+    ) -> (Push, bool) {
+        let was_empty = self.pending.is_empty();
+        let (mut written, mut partial) = (0, 0);
+        if was_empty {
+            // The common case: no queue, no allocation, one syscall.
+            (written, partial) = writev::write_now(socket, outs.clone(), delivered);
+        }
+        for out in outs.skip(written) {
+            let chunk = Chunk::of(out, std::mem::take(&mut partial));
+            // A started frame is always kept: the stream must not break.
+            if chunk.message && chunk.written == 0 && self.queued >= self.capacity {
+                self.overflow();
+                return (Push::Overflowed, true);
+            }
+            if chunk.message {
+                self.queued += 1;
+            } else if self.pending.len() >= self.capacity && self.closed.is_none() {
+                // A client that sends but never reads piles up our replies:
+                // bounded like published messages.
+                self.overflow();
+            }
+            self.pending.push_back(chunk);
+        }
+        (Push::Queued, was_empty && !self.pending.is_empty())
+    }
+
+    /// Sends live messages in order, minus those held (until the replay is
+    /// sent) and the duplicates of a replay.
+    pub(super) fn deliver(
+        &mut self,
+        socket: &TcpStream,
+        messages: &[Arc<Published>],
+        delivered: &AtomicU64,
+    ) -> (Push, bool) {
+        if self.closed.is_some() {
+            return (Push::Closed, false);
+        }
+        if self.held.is_none() && self.dedupe.is_none() {
+            return self.send(socket, messages.iter().map(frame_of), delivered);
+        }
+        // Around a resume: one at a time.
+        let mut wake = false;
+        for published in messages {
+            if let Some(held) = &mut self.held {
+                if self.queued >= self.capacity {
+                    self.overflow();
+                    return (Push::Overflowed, true);
+                }
+                held.push(published.clone());
+                self.queued += 1;
+                continue;
+            }
+            if resume::skip(&mut self.dedupe, published) {
+                continue;
+            }
+            let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), delivered);
+            wake |= woken;
+            if push != Push::Queued {
+                return (push, wake);
+            }
+        }
+        (Push::Queued, wake)
+    }
+
+    /// A slow consumer: drop what is queued (but finish a frame already
+    /// started, or the stream would be corrupt) and close.
+    fn overflow(&mut self) {
+        self.closed = Some(CloseReason::SlowConsumer);
+        let started = self.pending.front().is_some_and(|c| c.written > 0);
+        self.pending.truncate(usize::from(started));
+        if let Some(front) = self.pending.front_mut() {
+            front.message = false;
+        }
+        self.held = None;
+        self.queued = 0;
+    }
+}
