@@ -103,7 +103,7 @@ fn socket_pair(rt: &tokio::runtime::Runtime, hub: &Hub) -> (Arc<Wire>, TcpStream
         let client = TcpStream::connect(listener.local_addr().expect("addr"));
         let (server, client) = tokio::join!(listener.accept(), client);
         let wire = Wire::new(server.expect("accept").0, SEND_QUEUE, hub.stats().clone());
-        wire.release(None);
+        wire.release(&[]);
         (wire, client.expect("connect"))
     })
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// How long live messages are checked against a replay at most. Long enough
 /// for any message published before the history read to arrive live.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(30);
+const DEDUPE_WINDOW: Duration = Duration::from_secs(30);
 
 /// How far the time rule looks back beyond the resume point's time: the
 /// clock skew allowed between publishers and gateways.
@@ -173,7 +173,7 @@ fn unique(messages: &[Arc<Published>], seen: &str) -> Vec<Arc<Published>> {
 
 /// Filters live messages that a replay already delivered.
 #[derive(Debug)]
-pub struct Dedupe {
+struct Dedupe {
     ids: HashSet<Arc<str>>,
     last: Arc<str>,
     until: Instant,
@@ -182,7 +182,7 @@ pub struct Dedupe {
 impl Dedupe {
     /// A filter for the live stream after `replayed`; None when nothing was
     /// replayed (nothing can be duplicated).
-    pub fn after_replay(replayed: &[Arc<Published>], window: Duration) -> Option<Self> {
+    fn after_replay(replayed: &[Arc<Published>], window: Duration) -> Option<Self> {
         let ids: HashSet<Arc<str>> = replayed.iter().filter_map(|m| m.id.clone()).collect();
         let last = replayed.iter().rev().find_map(|m| m.id.clone())?;
         Some(Self {
@@ -194,7 +194,7 @@ impl Dedupe {
 
     /// True if `message` was already replayed. Call for each live message
     /// in order; once `finished`, drop the filter.
-    pub fn is_duplicate(&mut self, message: &Published) -> bool {
+    fn is_duplicate(&mut self, message: &Published) -> bool {
         let Some(id) = &message.id else {
             return false;
         };
@@ -209,14 +209,95 @@ impl Dedupe {
     }
 
     /// The filter has nothing left to do.
-    pub fn finished(&self) -> bool {
+    fn finished(&self) -> bool {
         self.ids.is_empty() || Instant::now() >= self.until
+    }
+}
+
+/// Live messages around a replay, the one hold-then-dedupe rule of both a
+/// client's resume (each connection's wire) and a channel's catch-up after
+/// a reconnect: while the replay is being prepared, live messages are held;
+/// once it is out, the held ones and later ones pass, minus the replay's
+/// duplicates.
+#[derive(Debug, Default)]
+pub struct Gate {
+    held: Option<Vec<Arc<Published>>>,
+    dedupe: Option<Box<Dedupe>>,
+}
+
+/// What the gate does with a live message.
+#[derive(Debug, PartialEq)]
+pub enum Admit {
+    /// Kept until [`Gate::open`].
+    Held,
+    /// Already sent by the replay: drop it.
+    Duplicate,
+    Pass,
+}
+
+impl Gate {
+    /// A gate that holds from the start.
+    pub fn holding() -> Self {
+        Self {
+            held: Some(Vec::new()),
+            dedupe: None,
+        }
+    }
+
+    /// Starts holding (a hold under way keeps what it has).
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// How many messages are held.
+    pub fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Nothing held and nothing to filter: every message passes.
+    pub fn is_clear(&self) -> bool {
+        self.held.is_none() && self.dedupe.is_none()
+    }
+
+    /// Decides a live message; call for each in order.
+    pub fn admit(&mut self, message: &Arc<Published>) -> Admit {
+        if let Some(held) = &mut self.held {
+            held.push(message.clone());
+            return Admit::Held;
+        }
+        if skip(&mut self.dedupe, message) {
+            Admit::Duplicate
+        } else {
+            Admit::Pass
+        }
+    }
+
+    /// Ends the hold once `replayed` is out: returns the held messages, to
+    /// be admitted again in order (the replay's duplicates then drop).
+    pub fn open(&mut self, replayed: &[Arc<Published>]) -> Vec<Arc<Published>> {
+        self.dedupe = Dedupe::after_replay(replayed, DEDUPE_WINDOW).map(Box::new);
+        self.held.take().unwrap_or_default()
+    }
+
+    /// Ends the hold without a replay (it took too long): returns the held
+    /// messages; the filter of an earlier replay stays.
+    pub fn abandon(&mut self) -> Vec<Arc<Published>> {
+        self.held.take().unwrap_or_default()
+    }
+
+    /// Drops what is held (the connection is closing).
+    pub fn discard(&mut self) {
+        self.held = None;
     }
 }
 
 /// Whether a live message is to be skipped as a duplicate of a replay;
 /// drops the filter once it is finished. Call for each live message in order.
-pub fn skip(dedupe: &mut Option<Box<Dedupe>>, message: &Published) -> bool {
+fn skip(dedupe: &mut Option<Box<Dedupe>>, message: &Published) -> bool {
     let Some(filter) = dedupe else {
         return false;
     };
@@ -347,9 +428,14 @@ mod tests {
     ) -> (bool, Vec<String>) {
         let replay = after(snapshot, since);
         let mut out = replay.messages.clone();
-        let mut dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW).map(Box::new);
-        for m in live {
-            if !skip(&mut dedupe, m) {
+        // Live messages may arrive before the replay is out (held) or after.
+        let (early, late) = live.split_at(live.len() / 2);
+        let mut gate = Gate::holding();
+        for m in early {
+            assert_eq!(gate.admit(m), Admit::Held);
+        }
+        for m in gate.open(&replay.messages).iter().chain(late) {
+            if gate.admit(m) == Admit::Pass {
                 out.push(m.clone());
             }
         }

@@ -12,7 +12,7 @@
 //! gap and no duplicate.
 
 use crate::protocol::Published;
-use crate::resume::{self, Dedupe, Horizon, Point, DEDUPE_WINDOW};
+use crate::resume::{self, Admit, Gate, Horizon, Point};
 use crate::wire::Wire;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,15 +75,11 @@ pub struct Channel {
     /// The last message relayed here (or the channel's creation): where a
     /// catch-up resumes.
     position: Point,
-    /// From a broker reconnect until the catch-up.
-    recovery: Option<Box<Recovery>>,
-    /// After a catch-up: live messages it already relayed.
-    dedupe: Option<Box<Dedupe>>,
-}
-
-struct Recovery {
-    from: Point,
-    held: Vec<Arc<Published>>,
+    /// From a broker reconnect until the catch-up: where the channel stood.
+    recovering_from: Option<Box<Point>>,
+    /// Holds live messages during a recovery, then drops what the catch-up
+    /// already relayed.
+    gate: Gate,
 }
 
 impl Channel {
@@ -91,32 +87,28 @@ impl Channel {
         Self {
             members: Members::default(),
             position: Point::at(now_ms),
-            recovery: None,
-            dedupe: None,
+            recovering_from: None,
+            gate: Gate::default(),
         }
     }
 
     /// Decides what a live message means for the members: itself, nothing
     /// (held during recovery, or a duplicate of the catch-up), or more.
     pub fn relay(&mut self, message: &Arc<Published>, out: &mut Deliveries) {
-        if let Some(recovery) = &mut self.recovery {
-            if recovery.held.len() < MAX_HELD {
-                recovery.held.push(message.clone());
-                return;
+        match self.gate.admit(message) {
+            Admit::Held if self.gate.held() > MAX_HELD => {
+                tracing::warn!("catch-up took too long; relaying live messages without it");
+                self.recovering_from = None;
+                for m in self.gate.abandon() {
+                    self.relay(&m, out);
+                }
             }
-            tracing::warn!("catch-up took too long; relaying live messages without it");
-            let held = std::mem::take(&mut recovery.held);
-            self.recovery = None;
-            for m in held.iter().chain([message]) {
-                self.relay(m, out);
+            Admit::Held | Admit::Duplicate => {}
+            Admit::Pass => {
+                self.advance(message);
+                out.push(message.clone());
             }
-            return;
         }
-        if resume::skip(&mut self.dedupe, message) {
-            return;
-        }
-        self.advance(message);
-        out.push(message.clone());
     }
 
     /// Moves the position past a relayed message that has an id (one
@@ -136,33 +128,31 @@ impl Channel {
     /// The broker reconnected: hold live messages until `catch_up`. A
     /// recovery already under way keeps its starting point.
     pub fn begin_recovery(&mut self) {
-        if self.recovery.is_none() {
-            self.recovery = Some(Box::new(Recovery {
-                from: self.position.clone(),
-                held: Vec::new(),
-            }));
+        if self.recovering_from.is_none() {
+            self.recovering_from = Some(Box::new(self.position.clone()));
         }
+        self.gate.hold();
     }
 
     pub fn is_recovering(&self) -> bool {
-        self.recovery.is_some()
+        self.recovering_from.is_some()
     }
 
     /// Ends a recovery with the channel's history (oldest first), read after
     /// resubscribing; `None` if it could not be read. Adds the missed
     /// messages, then the held ones, to `out`; returns how many were missed.
     pub fn catch_up(&mut self, history: Option<&[Arc<Published>]>, out: &mut Deliveries) -> usize {
-        let Some(recovery) = self.recovery.take() else {
+        let Some(from) = self.recovering_from.take() else {
             return 0;
         };
-        let missed = history.map_or_else(Vec::new, |h| missed_since(h, &recovery.from));
-        self.dedupe = Dedupe::after_replay(&missed, DEDUPE_WINDOW).map(Box::new);
+        let missed = history.map_or_else(Vec::new, |h| missed_since(h, &from));
         for message in &missed {
             self.advance(message);
         }
+        let held = self.gate.open(&missed);
         let count = missed.len();
         out.extend(missed);
-        for message in &recovery.held {
+        for message in &held {
             self.relay(message, out);
         }
         count

@@ -406,7 +406,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (server, client) = tokio::join!(listener.accept(), client);
         let wire = Wire::new(server.unwrap().0, 8, stats.clone());
-        wire.release(None);
+        wire.release(&[]);
         (wire, client.unwrap())
     }
 

@@ -12,7 +12,7 @@ use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
 use crate::hub::{Hub, Refused};
 use crate::protocol::{self, close};
-use crate::resume::{self, Dedupe, Horizon, Point, Replay, DEDUPE_WINDOW};
+use crate::resume::{self, Horizon, Point, Replay};
 use crate::wire::Wire;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -126,17 +126,14 @@ pub async fn run(
     );
     let end = match websocket::send(&mut ws, hello).await {
         true => {
-            let mut dedupe = None;
-            if let Some(replay) = replay {
-                for message in &replay.messages {
-                    wire.send_replayed(message);
-                }
-                let replayed = replay.messages.len() as u64;
-                hub.stats().replayed_messages.fetch_add(replayed, Relaxed);
-                metrics::counter!("ws_gateway_replayed_messages_total").increment(replayed);
-                dedupe = Dedupe::after_replay(&replay.messages, DEDUPE_WINDOW);
+            let replayed = replay.map(|r| r.messages).unwrap_or_default();
+            for message in &replayed {
+                wire.send_replayed(message);
             }
-            wire.release(dedupe);
+            let count = replayed.len() as u64;
+            hub.stats().replayed_messages.fetch_add(count, Relaxed);
+            metrics::counter!("ws_gateway_replayed_messages_total").increment(count);
+            wire.release(&replayed);
             websocket::serve(&mut ws, &wire, &sessions).await
         }
         false => End::ClientGone,

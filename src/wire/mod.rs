@@ -39,7 +39,6 @@ pub use stream::WireStream;
 use crate::lock;
 use crate::metrics::Stats;
 use crate::protocol::Published;
-use crate::resume::Dedupe;
 use outbox::{frame_of, Flushed, Outbox};
 use std::io;
 use std::sync::atomic::AtomicU64;
@@ -115,10 +114,11 @@ impl Wire {
         self.wake_if(wake);
     }
 
-    /// Ends the hold: live messages flow, minus those `dedupe` says were
-    /// replayed.
-    pub fn release(&self, dedupe: Option<Dedupe>) {
-        let (_, wake) = lock(&self.state).release(&self.socket, dedupe, self.delivered());
+    /// Ends the hold once `replayed` (the messages sent with
+    /// [`Wire::send_replayed`]) is out: live messages flow, minus the
+    /// replay's duplicates.
+    pub fn release(&self, replayed: &[Arc<Published>]) {
+        let (_, wake) = lock(&self.state).release(&self.socket, replayed, self.delivered());
         self.wake_if(wake);
     }
 
@@ -189,7 +189,7 @@ mod tests {
         let wire = Wire::new(server, 16, stats.clone());
         wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)]);
         wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#));
-        wire.release(None);
+        wire.release(&[]);
         wire.flush().await.unwrap();
         let mut buf = vec![0u8; 64];
         let mut got = Vec::new();
@@ -210,7 +210,7 @@ mod tests {
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
         let wire = Wire::new(server, 4, stats.clone());
-        wire.release(None);
+        wire.release(&[]);
         // Fill the socket until a message stays queued; the replies queue
         // behind it.
         let big = message(&format!(
@@ -244,7 +244,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let stats = Arc::new(Stats::default());
         let wire = Wire::new(server, 1024, stats.clone());
-        wire.release(None);
+        wire.release(&[]);
         let big = message(&format!(
             r#"{{"type":"X","pad":"{}"}}"#,
             "a".repeat(256 * 1024)

@@ -9,7 +9,7 @@
 use super::writev::{self, Out};
 use super::{CloseReason, Push};
 use crate::protocol::Published;
-use crate::resume::{self, Dedupe};
+use crate::resume::{Admit, Gate};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io;
@@ -20,15 +20,14 @@ use tokio::net::TcpStream;
 pub(super) struct Outbox {
     /// Bytes accepted and not yet written, oldest first.
     pending: VecDeque<Chunk>,
-    /// Published messages in `pending` and `held`, against `capacity`.
+    /// Published messages in `pending` and held by the gate, against
+    /// `capacity`.
     queued: usize,
     capacity: usize,
     closed: Option<CloseReason>,
-    /// Live messages waiting until the session has sent CONNECTED and any
-    /// replay; `None` once released.
-    held: Option<Vec<Arc<Published>>>,
-    /// Drops live copies of what a replay sent.
-    dedupe: Option<Box<Dedupe>>,
+    /// Holds live messages until the session has sent CONNECTED and any
+    /// replay, then drops live copies of what the replay sent.
+    gate: Gate,
 }
 
 /// Bytes to write (a published message's shared frame, or raw bytes), and
@@ -74,22 +73,20 @@ impl Outbox {
             queued: 0,
             capacity,
             closed: None,
-            held: Some(Vec::new()),
-            dedupe: None,
+            gate: Gate::holding(),
         }
     }
 
-    /// Ends the hold: the held live messages go out, minus those `dedupe`
-    /// says were replayed, and so do later ones.
+    /// Ends the hold once `replayed` is out: the held live messages go
+    /// out, minus the replay's duplicates, and so do later ones.
     pub(super) fn release(
         &mut self,
         socket: &TcpStream,
-        dedupe: Option<Dedupe>,
+        replayed: &[Arc<Published>],
         delivered: &AtomicU64,
     ) -> (Push, bool) {
-        let held = self.held.take().unwrap_or_default();
+        let held = self.gate.open(replayed);
         self.queued -= held.len().min(self.queued);
-        self.dedupe = dedupe.map(Box::new);
         self.deliver(socket, &held, delivered)
     }
 
@@ -184,23 +181,23 @@ impl Outbox {
         if self.closed.is_some() {
             return (Push::Closed, false);
         }
-        if self.held.is_none() && self.dedupe.is_none() {
+        if self.gate.is_clear() {
             return self.send(socket, messages.iter().map(frame_of), delivered);
         }
         // Around a resume: one at a time.
         let mut wake = false;
         for published in messages {
-            if let Some(held) = &mut self.held {
-                if self.queued >= self.capacity {
+            match self.gate.admit(published) {
+                Admit::Held if self.queued >= self.capacity => {
                     self.overflow();
                     return (Push::Overflowed, true);
                 }
-                held.push(published.clone());
-                self.queued += 1;
-                continue;
-            }
-            if resume::skip(&mut self.dedupe, published) {
-                continue;
+                Admit::Held => {
+                    self.queued += 1;
+                    continue;
+                }
+                Admit::Duplicate => continue,
+                Admit::Pass => {}
             }
             let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), delivered);
             wake |= woken;
@@ -220,7 +217,7 @@ impl Outbox {
         if let Some(front) = self.pending.front_mut() {
             front.message = false;
         }
-        self.held = None;
+        self.gate.discard();
         self.queued = 0;
     }
 }
