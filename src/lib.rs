@@ -30,6 +30,9 @@
 //!   set of counters), [`publish`] (the message preparation of the
 //!   canonical publish path), [`config`], [`auth`] and [`dev_secret`].
 //!
+//! Only what the binary, the load tool (`bench/`) and the Criterion
+//! benches use is `pub`; the rest is `pub(crate)`.
+//!
 //! A published message flows broker → dispatcher → `Hub::dispatch`
 //! (validated and framed once, with every other message waiting for the
 //! same channel) → each recipient's `Wire` (the same bytes, shared), which
@@ -40,19 +43,19 @@
 
 pub mod auth;
 pub mod broker;
-pub mod canary;
+pub(crate) mod canary;
 pub mod config;
 pub mod dev_secret;
-pub mod http;
+pub(crate) mod http;
 pub mod hub;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod names;
 pub mod protocol;
 pub mod publish;
-pub mod resume;
+pub(crate) mod resume;
 pub mod server;
-pub mod session;
-pub mod shutdown;
+pub(crate) mod session;
+pub(crate) mod shutdown;
 pub mod wire;
 
 /// Locks a mutex, recovering from poisoning: every critical section in this

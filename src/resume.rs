@@ -249,10 +249,6 @@ impl Gate {
         self.held.get_or_insert_with(Vec::new);
     }
 
-    pub fn is_holding(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// How many messages are held.
     pub fn held(&self) -> usize {
         self.held.as_ref().map_or(0, Vec::len)

@@ -10,7 +10,7 @@
 //! its reconciler owns the subscriptions (desired against confirmed,
 //! retries, resubscribing after a reconnect).
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod reconcile;
 pub mod redis;
 
@@ -23,7 +23,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the broker reports, in the order it happened.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Messages that arrived on one channel, in order: every message of the
     /// channel that was waiting travels together (one fan-out, one write
     /// per client).
@@ -42,7 +42,7 @@ pub enum Event {
 }
 
 /// The stream of [`Event`]s, read by one dispatcher.
-pub struct Events {
+pub(crate) struct Events {
     /// Reconnects and confirmations (and the embedded broker's messages).
     control: mpsc::Receiver<Event>,
     /// Redis's messages, read straight off fred's receiver: no extra hop.
@@ -132,7 +132,7 @@ pub trait Broker: Send + Sync {
 /// A started broker: the handle to publish and read history with, the
 /// events for the dispatcher, what it should subscribe to, and its
 /// long-lived tasks, for the server to run and join.
-pub struct Started {
+pub(crate) struct Started {
     pub broker: std::sync::Arc<dyn Broker>,
     pub events: Events,
     pub desired: std::sync::Arc<reconcile::Desired>,
@@ -144,7 +144,7 @@ const REDIS_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5
 
 /// Starts the broker `redis.url` names (the embedded one when empty);
 /// `fixed` are the channels wanted regardless of connections.
-pub async fn start(
+pub(crate) async fn start(
     redis: &crate::config::RedisConfig,
     fixed: Vec<Box<str>>,
 ) -> Result<Started, String> {

@@ -142,7 +142,11 @@ impl Desired {
 }
 
 /// Runs until the dispatcher is gone.
-pub async fn run(broker: Arc<dyn Broker>, desired: Arc<Desired>, events: mpsc::Sender<Event>) {
+pub(crate) async fn run(
+    broker: Arc<dyn Broker>,
+    desired: Arc<Desired>,
+    events: mpsc::Sender<Event>,
+) {
     let mut subscribed: HashSet<Box<str>> = HashSet::new();
     let mut backoff = MIN_BACKOFF;
     loop {

@@ -36,7 +36,7 @@ const MESSAGE_BUFFER: usize = 64 * 1024;
 /// outage answers with an error instead of hanging).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     subscriber: Client,
     publisher: Publisher,
 }
@@ -184,7 +184,7 @@ const MAX_GATHERED: usize = 256;
 /// together), so each client gets them in one write: the busier the
 /// instance, the fewer syscalls per delivery, with no timer and no wake-up.
 /// Read straight off fred's receiver by the dispatcher: no task between.
-pub struct MessageStream {
+pub(crate) struct MessageStream {
     messages: broadcast::Receiver<Message>,
     /// The first message of the next event (another channel's).
     next: Option<Message>,
@@ -230,7 +230,7 @@ fn payload(value: Value) -> Bytes {
 }
 
 /// The subscriber connection's (re)connects and errors.
-pub struct ConnectionEvents {
+pub(crate) struct ConnectionEvents {
     reconnects: broadcast::Receiver<Server>,
     errors: broadcast::Receiver<(Error, Option<Server>)>,
 }
@@ -238,7 +238,7 @@ pub struct ConnectionEvents {
 /// Watches the subscriber connection: each reconnect after the first
 /// connect redoes every subscription (the first is the reconciler's own
 /// first round). Logs connection errors. Runs until the client is gone.
-pub async fn watch_connection(connection: ConnectionEvents, desired: Arc<Desired>) {
+pub(crate) async fn watch_connection(connection: ConnectionEvents, desired: Arc<Desired>) {
     let ConnectionEvents {
         mut reconnects,
         mut errors,

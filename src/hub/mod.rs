@@ -16,7 +16,7 @@
 //! queues), so neither a slow client nor the syscalls delay a connect.
 
 mod channel;
-pub mod dispatch;
+pub(crate) mod dispatch;
 
 use crate::auth::Identity;
 use crate::broker::reconcile::Desired;

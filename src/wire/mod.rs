@@ -34,7 +34,7 @@ mod outbox;
 mod stream;
 mod writev;
 
-pub use stream::WireStream;
+pub(crate) use stream::WireStream;
 
 use crate::lock;
 use crate::metrics::Stats;
