@@ -162,16 +162,10 @@ async fn a_burst_over_interleaved_channels_arrives_whole_and_in_order() {
     redis.wait_numsub("ws:user:43", 1).await;
     redis.wait_deliverable("ws:broadcast").await;
 
-    // One write of all the PUBLISH commands, then their replies.
-    let mut burst = Vec::new();
-    let mut commands = 0;
-    let mut publish = |channel: &str, payload: &str| {
-        burst.extend(RespConn::encode(&[
-            b"PUBLISH",
-            channel.as_bytes(),
-            payload.as_bytes(),
-        ]));
-        commands += 1;
+    // All the PUBLISH commands in one pipeline, then their replies.
+    let mut burst: Vec<(&str, String)> = Vec::new();
+    let mut publish = |channel: &'static str, payload: &str| {
+        burst.push((channel, payload.to_string()));
     };
     for round in 0..ROUNDS {
         for (channel, kind) in [
@@ -189,10 +183,9 @@ async fn a_burst_over_interleaved_channels_arrives_whole_and_in_order() {
         }
     }
     let mut conn = redis.conn().await;
-    conn.try_write(&burst).await.unwrap();
-    for _ in 0..commands {
-        assert_eq!(conn.read_reply().await.int(), 1);
-    }
+    let burst: Vec<(&str, &str)> = burst.iter().map(|(c, p)| (*c, p.as_str())).collect();
+    let receivers = conn.publish_pipelined(&burst).await;
+    assert!(receivers.iter().all(|&n| n == 1), "{receivers:?}");
 
     let total = ROUNDS * RUN;
     for (name, client) in [("42", &mut a), ("43", &mut b)] {

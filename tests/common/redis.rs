@@ -1,6 +1,14 @@
-//! A real redis-server per test, and a small RESP client for it.
+//! A real redis-server per test, and a client for it: fred, the client the
+//! gateway itself uses (no hand-written RESP).
 
 use super::*;
+use bytes::Bytes;
+use fred::prelude::{
+    Builder as FredBuilder, Client as FredClient, ClientLike, Config as FredConfig,
+    ErrorKind as FredErrorKind, KeysInterface, ListInterface, PubsubInterface,
+    TransactionInterface, Value as FredValue,
+};
+use fred::types::{ClusterHash, CustomCommand};
 
 /// A real `redis-server` on a free loopback port, killed on drop.
 pub struct Redis {
@@ -99,17 +107,14 @@ impl Redis {
         assert!(status.success(), "kill {signal} {pid} failed");
     }
 
+    /// Whether the server answers (through redis-cli: start-up is not async).
     fn ping_sync(&self) -> bool {
-        use std::io::Write;
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "ping"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
     }
 
     pub fn url(&self) -> String {
@@ -129,27 +134,32 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// A raw RESP connection (for pipelines and large payloads).
+    /// A connection of its own (for pipelines, transactions, large values).
     pub async fn conn(&self) -> RespConn {
-        let s = TcpStream::connect(("127.0.0.1", self.port))
+        RespConn::try_connect(self.port, Duration::from_secs(5))
             .await
-            .expect("connect to redis");
-        s.set_nodelay(true).ok();
-        RespConn {
-            stream: TokioBufReader::new(s),
-        }
+            .expect("connect to redis")
+    }
+
+    /// `args` on a connection of its own, closed before returning (so
+    /// that `CLIENT LIST` never sees it).
+    pub async fn command(&self, args: &[&[u8]]) -> Resp {
+        let mut conn = self.conn().await;
+        let reply = conn.command(args).await;
+        conn.close().await;
+        reply
     }
 
     /// `PUBLISH channel payload`; returns the number of receivers.
     pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
-        self.conn().await.publish(channel, payload.as_ref()).await
+        self.command(&[b"PUBLISH", channel.as_bytes(), payload.as_ref()])
+            .await
+            .int()
     }
 
     /// `PUBSUB CHANNELS pattern`, sorted.
     pub async fn channels(&self, pattern: &str) -> Vec<String> {
         let v = self
-            .conn()
-            .await
             .command(&[b"PUBSUB", b"CHANNELS", pattern.as_bytes()])
             .await;
         let mut out: Vec<String> = v
@@ -164,8 +174,6 @@ impl Redis {
     /// `PUBSUB NUMSUB channel`.
     pub async fn numsub(&self, channel: &str) -> i64 {
         let v = self
-            .conn()
-            .await
             .command(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()])
             .await;
         v.array()[1].int()
@@ -173,11 +181,7 @@ impl Redis {
 
     /// `PUBSUB NUMPAT`.
     pub async fn numpat(&self) -> i64 {
-        self.conn()
-            .await
-            .command(&[b"PUBSUB", b"NUMPAT"])
-            .await
-            .int()
+        self.command(&[b"PUBSUB", b"NUMPAT"]).await.int()
     }
 
     /// Waits until the channel has at least `n` (non-pattern) subscribers.
@@ -210,14 +214,26 @@ impl Drop for Redis {
     }
 }
 
-/// A reply from Redis.
+/// A reply from Redis, as the tests look at it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resp {
-    Simple(String),
-    Error(String),
     Int(i64),
     Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Resp>>),
+    Array(Vec<Resp>),
+    Other(String),
+}
+
+impl From<FredValue> for Resp {
+    fn from(value: FredValue) -> Self {
+        match value {
+            FredValue::Integer(i) => Resp::Int(i),
+            FredValue::Null => Resp::Bulk(None),
+            FredValue::String(s) => Resp::Bulk(Some(s.as_bytes().to_vec())),
+            FredValue::Bytes(b) => Resp::Bulk(Some(b.to_vec())),
+            FredValue::Array(items) => Resp::Array(items.into_iter().map(Resp::from).collect()),
+            other => Resp::Other(format!("{other:?}")),
+        }
+    }
 }
 
 impl Resp {
@@ -229,154 +245,112 @@ impl Resp {
     }
     pub fn array(&self) -> Vec<Resp> {
         match self {
-            Resp::Array(Some(v)) => v.clone(),
+            Resp::Array(v) => v.clone(),
             other => panic!("expected an array reply, got {other:?}"),
         }
     }
     pub fn string(&self) -> Option<String> {
         match self {
-            Resp::Simple(s) => Some(s.clone()),
             Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
         }
     }
 }
 
-/// A minimal RESP2 client over one TCP connection.
+/// One connection to Redis through fred. It does not reconnect: a test
+/// that publishes through an outage sees each failure and decides.
 pub struct RespConn {
-    stream: TokioBufReader<TcpStream>,
+    client: FredClient,
 }
 
-impl RespConn {
-    pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a);
-            buf.extend_from_slice(b"\r\n");
+/// A dropped connection closes soon after, like a dropped socket would
+/// (fred's keeps running until told to quit).
+impl Drop for RespConn {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+            });
         }
-        buf
-    }
-
-    /// Sends one command without reading its reply (pipelining).
-    pub async fn send(&mut self, args: &[&[u8]]) {
-        let buf = Self::encode(args);
-        self.stream
-            .get_mut()
-            .write_all(&buf)
-            .await
-            .expect("write to redis");
-    }
-
-    /// Reads one reply, bounded to 10 s.
-    pub async fn read_reply(&mut self) -> Resp {
-        tokio::time::timeout(Duration::from_secs(10), Self::read_value(&mut self.stream))
-            .await
-            .expect("redis reply within 10 s")
-    }
-
-    pub async fn command(&mut self, args: &[&[u8]]) -> Resp {
-        self.send(args).await;
-        self.read_reply().await
-    }
-
-    pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> i64 {
-        self.command(&[b"PUBLISH", channel.as_bytes(), payload])
-            .await
-            .int()
-    }
-
-    fn read_value(
-        r: &mut TokioBufReader<TcpStream>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Resp> + Send + '_>> {
-        Box::pin(async move {
-            let mut line = String::new();
-            r.read_line(&mut line).await.expect("read from redis");
-            assert!(line.ends_with("\r\n"), "bad RESP line {line:?}");
-            let line = &line[..line.len() - 2];
-            let (kind, rest) = line.split_at(1);
-            match kind {
-                "+" => Resp::Simple(rest.to_string()),
-                "-" => Resp::Error(rest.to_string()),
-                ":" => Resp::Int(rest.parse().expect("RESP integer")),
-                "$" => {
-                    let n: i64 = rest.parse().expect("RESP bulk length");
-                    if n < 0 {
-                        return Resp::Bulk(None);
-                    }
-                    let mut buf = vec![0u8; n as usize + 2];
-                    r.read_exact(&mut buf).await.expect("read bulk");
-                    buf.truncate(n as usize);
-                    Resp::Bulk(Some(buf))
-                }
-                "*" => {
-                    let n: i64 = rest.parse().expect("RESP array length");
-                    if n < 0 {
-                        return Resp::Array(None);
-                    }
-                    let mut v = Vec::with_capacity(n as usize);
-                    for _ in 0..n {
-                        v.push(Self::read_value(r).await);
-                    }
-                    Resp::Array(Some(v))
-                }
-                _ => panic!("unexpected RESP line {line:?}"),
-            }
-        })
     }
 }
 
-// ---------------------------------------------------------------------------
-// Fallible RESP and the canonical publish path (for tests that publish
-// through Redis outages: errors are returned, never panicked on)
-// ---------------------------------------------------------------------------
-
 impl RespConn {
-    /// Connects to `127.0.0.1:port` within `timeout`; an error, not a panic,
-    /// when Redis is down.
+    /// Connects to `127.0.0.1:port` within `timeout`; an error, not a
+    /// panic, when Redis is down.
     pub async fn try_connect(port: u16, timeout: Duration) -> Result<RespConn, String> {
-        let s = tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port)))
+        let config = FredConfig::from_url(&format!("redis://127.0.0.1:{port}"))
+            .map_err(|e| format!("redis url: {e}"))?;
+        let client = FredBuilder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout.max(WAIT_TIMEOUT))
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.max_command_attempts = 1;
+            })
+            .build()
+            .map_err(|e| format!("redis client: {e}"))?;
+        tokio::time::timeout(timeout, client.init())
             .await
             .map_err(|_| format!("connect to redis :{port}: timed out after {timeout:?}"))?
             .map_err(|e| format!("connect to redis :{port}: {e}"))?;
-        s.set_nodelay(true).ok();
-        Ok(RespConn {
-            stream: TokioBufReader::new(s),
-        })
+        Ok(RespConn { client })
     }
 
-    /// Writes raw bytes (one or more encoded commands).
-    pub async fn try_write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .get_mut()
-            .write_all(bytes)
+    /// Any command, e.g. `&[b"LRANGE", key, b"0", b"-1"]`; panics on an
+    /// error reply (bounded by the command timeout).
+    pub async fn command(&mut self, args: &[&[u8]]) -> Resp {
+        let (name, rest) = args.split_first().expect("a command name");
+        let name = String::from_utf8_lossy(name).into_owned();
+        let cmd = CustomCommand::new(name, ClusterHash::FirstKey, false);
+        let rest: Vec<FredValue> = rest
+            .iter()
+            .map(|a| FredValue::Bytes(Bytes::copy_from_slice(a)))
+            .collect();
+        let value: FredValue = self
+            .client
+            .custom(cmd, rest)
             .await
-            .map_err(|e| format!("write to redis: {e}"))
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"));
+        Resp::from(value)
     }
 
-    /// Reads one reply within `timeout`; I/O and protocol problems are errors.
-    pub async fn try_read_reply(&mut self, timeout: Duration) -> Result<Resp, String> {
-        tokio::time::timeout(timeout, Self::try_read_value(&mut self.stream))
+    /// Closes the connection (QUIT), waiting for it.
+    pub async fn close(self) {
+        let _ = self.client.quit().await;
+    }
+
+    /// `PUBLISH channel payload`; returns the number of receivers.
+    pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> i64 {
+        let payload = Bytes::copy_from_slice(payload);
+        self.client
+            .publish(channel, payload)
             .await
-            .map_err(|_| format!("no redis reply within {timeout:?}"))?
+            .unwrap_or_else(|e| panic!("redis PUBLISH {channel}: {e}"))
     }
 
-    /// Sends one command and reads its reply within `timeout`.
-    pub async fn try_command(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Resp, String> {
-        self.try_write(&Self::encode(args)).await?;
-        self.try_read_reply(timeout).await
+    /// Every `(channel, payload)` PUBLISHed in one pipeline (sent together,
+    /// so the gateway receives them as a burst); returns each receiver count.
+    pub async fn publish_pipelined(&mut self, messages: &[(&str, &str)]) -> Vec<i64> {
+        let pipeline = self.client.pipeline();
+        for (channel, payload) in messages {
+            let () = pipeline
+                .publish(*channel, *payload)
+                .await
+                .expect("queue a PUBLISH");
+        }
+        pipeline.all().await.expect("pipelined PUBLISHes")
     }
 
-    /// The canonical publish path of SPEC §3, as a backend does it: one
-    /// transaction `MULTI; RPUSH notifications:U M; LTRIM notifications:U
-    /// -N -1; EXPIRE notifications:U 604800; PUBLISH ws:user:U M; EXEC`
-    /// (pipelined in one write; the six replies are read).
+    /// The canonical publish path (SPEC §3) in one MULTI/EXEC: RPUSH to
+    /// `notifications:{user}`, LTRIM to `history_size`, EXPIRE, PUBLISH on
+    /// `ws:user:{user}`.
     ///
-    /// `Ok(true)`: EXEC returned an array without errors, so the message is
-    /// in the history list and was published. `Ok(false)`: Redis answered
-    /// but refused (EXEC error or nil): the message did not reach history.
-    /// `Err`: the connection failed (Redis down, timeout); the message may
-    /// or may not have been applied, and the connection should be dropped.
+    /// `Ok(true)`: EXEC returned without errors, so the message is in the
+    /// history list and was published. `Ok(false)`: Redis answered but
+    /// refused: the message did not reach history. `Err`: the connection
+    /// failed (Redis down, timeout); the message may or may not have been
+    /// applied, and the connection should be dropped.
     pub async fn publish_canonical(
         &mut self,
         user: &str,
@@ -386,78 +360,29 @@ impl RespConn {
     ) -> Result<bool, String> {
         let key = format!("notifications:{user}");
         let channel = format!("ws:user:{user}");
-        let trim = format!("-{history_size}");
-        let mut buf = Self::encode(&[b"MULTI"]);
-        buf.extend(Self::encode(&[b"RPUSH", key.as_bytes(), message]));
-        buf.extend(Self::encode(&[
-            b"LTRIM",
-            key.as_bytes(),
-            trim.as_bytes(),
-            b"-1",
-        ]));
-        buf.extend(Self::encode(&[b"EXPIRE", key.as_bytes(), b"604800"]));
-        buf.extend(Self::encode(&[b"PUBLISH", channel.as_bytes(), message]));
-        buf.extend(Self::encode(&[b"EXEC"]));
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.try_write(&buf).await?;
-        let mut replies = Vec::with_capacity(6);
-        for _ in 0..6 {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            replies.push(self.try_read_reply(left).await?);
+        let message = Bytes::copy_from_slice(message);
+        let trx = self.client.multi();
+        let queued = async {
+            let () = trx.rpush(&key, message.clone()).await?;
+            let () = trx.ltrim(&key, -(history_size as i64), -1).await?;
+            let () = trx.expire(&key, 604_800, None).await?;
+            trx.publish::<(), _, _>(&channel, message).await
+        };
+        queued
+            .await
+            .map_err(|e| format!("queue the transaction: {e}"))?;
+        match tokio::time::timeout(timeout, trx.exec::<FredValue>(true)).await {
+            Err(_) => Err(format!("EXEC: no answer within {timeout:?}")),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    FredErrorKind::IO | FredErrorKind::Timeout | FredErrorKind::Canceled
+                ) =>
+            {
+                Err(format!("EXEC: {e}"))
+            }
+            Ok(Err(_)) => Ok(false),
         }
-        Ok(match &replies[5] {
-            Resp::Array(Some(results)) => !results.iter().any(|r| matches!(r, Resp::Error(_))),
-            _ => false,
-        })
-    }
-
-    fn try_read_value(
-        r: &mut TokioBufReader<TcpStream>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Resp, String>> + Send + '_>> {
-        Box::pin(async move {
-            let mut line = String::new();
-            let n = r
-                .read_line(&mut line)
-                .await
-                .map_err(|e| format!("read from redis: {e}"))?;
-            if n == 0 {
-                return Err("redis closed the connection".into());
-            }
-            if !line.ends_with("\r\n") || line.len() < 3 {
-                return Err(format!("bad RESP line {line:?}"));
-            }
-            let line = &line[..line.len() - 2];
-            let (kind, rest) = line.split_at(1);
-            let bad = |what: &str| format!("bad RESP {what} in {line:?}");
-            Ok(match kind {
-                "+" => Resp::Simple(rest.to_string()),
-                "-" => Resp::Error(rest.to_string()),
-                ":" => Resp::Int(rest.parse().map_err(|_| bad("integer"))?),
-                "$" => {
-                    let n: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
-                    if n < 0 {
-                        return Ok(Resp::Bulk(None));
-                    }
-                    let mut buf = vec![0u8; n as usize + 2];
-                    r.read_exact(&mut buf)
-                        .await
-                        .map_err(|e| format!("read bulk from redis: {e}"))?;
-                    buf.truncate(n as usize);
-                    Resp::Bulk(Some(buf))
-                }
-                "*" => {
-                    let n: i64 = rest.parse().map_err(|_| bad("array length"))?;
-                    if n < 0 {
-                        return Ok(Resp::Array(None));
-                    }
-                    let mut v = Vec::with_capacity(n as usize);
-                    for _ in 0..n {
-                        v.push(Self::try_read_value(r).await?);
-                    }
-                    Resp::Array(Some(v))
-                }
-                _ => return Err(format!("unexpected RESP line {line:?}")),
-            })
-        })
     }
 }
