@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use ws_gateway::broker::redis::Publisher;
+use ws_gateway::broker::redis::{FirstConnect, Publisher};
 use ws_gateway::broker::BrokerError;
 use ws_gateway::config::{self, Loaded, Overrides};
 use ws_gateway::names::Names;
@@ -286,7 +286,12 @@ fn publish_cmd(
         None => names.broadcast.clone(),
     };
     let result = runtime.block_on(async {
-        let publisher = Publisher::start(&r.url, r.history_size, r.history_ttl_secs)?;
+        let publisher = Publisher::start(
+            &r.url,
+            r.history_size,
+            r.history_ttl_secs,
+            FirstConnect::Fail,
+        )?;
         publisher.wait_connected(Duration::from_secs(5)).await?;
         let sent = match &user {
             Some(id) => {

@@ -277,3 +277,38 @@ async fn drain_releases_each_connection_when_its_close_completes() {
         last - first
     );
 }
+
+/// Redis is down when the gateway starts and a client connects meanwhile.
+/// When Redis comes up, what the backend published before the gateway had
+/// subscribed is only in the history: the first connect must catch the
+/// user's channel up, as every reconnect does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connected_before_redis_was_up_misses_nothing() {
+    let port = free_port();
+    let gw = gateway()
+        .env("GATEWAY_REDIS_URL", &format!("redis://127.0.0.1:{port}"))
+        .no_wait_ready()
+        .start()
+        .await;
+    let opts = ConnectOpts::token(&token("5", &[]));
+    let mut c = gw.connect_raw(&opts).await.expect("upgrade without Redis");
+    // CONNECTED comes once the subscription wait gives up.
+    let hello = c.next_text_within(Duration::from_secs(10)).await;
+    assert!(hello.contains("CONNECTED"), "{hello}");
+
+    let redis = Redis::start_on(port);
+    let msg = format!(r#"{{"type":"EARLY","id":"{}"}}"#, ulid::Ulid::new());
+    let acked = redis
+        .conn()
+        .await
+        .publish_canonical("5", msg.as_bytes(), 100, WAIT_TIMEOUT)
+        .await
+        .expect("publish");
+    assert!(acked);
+    let got = c.next_frame(Duration::from_secs(20)).await;
+    assert!(
+        matches!(&got, Some(Frame::Text(t)) if *t == msg),
+        "expected {msg}, got {got:?}; gateway log:\n{}",
+        gw.logs_text()
+    );
+}

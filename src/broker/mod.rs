@@ -158,6 +158,8 @@ pub(crate) async fn start(
         );
         let ttl = std::time::Duration::from_secs(redis.history_ttl_secs);
         let broker = memory::MemoryBroker::new(control.clone(), redis.history_size, ttl);
+        // Connected from the start: its first (and only) connect.
+        desired.resync();
         (Arc::new(broker), None, Vec::new())
     } else {
         let (broker, messages, connection) =

@@ -54,17 +54,11 @@ struct Round {
 }
 
 impl Desired {
-    /// Starts with a resync: nothing is subscribed yet.
+    /// Nothing is subscribed until the broker's first connect, which is a
+    /// [`Desired::resync`] like every reconnect.
     pub fn new(fixed: Vec<Box<str>>) -> Arc<Self> {
-        let round = Round {
-            resync: true,
-            ..Round::default()
-        };
         Arc::new(Self {
-            state: Mutex::new(State {
-                wanted: HashSet::new(),
-                round,
-            }),
+            state: Mutex::new(State::default()),
             changed: Notify::new(),
             fixed,
         })

@@ -48,8 +48,21 @@ pub struct Publisher {
     history_ttl_secs: i64,
 }
 
-fn build_client(config: &Config) -> Result<Client, String> {
-    Builder::from_config(config.clone())
+/// When Redis cannot be reached at the first connect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FirstConnect {
+    /// Keep trying with the reconnect policy (a server: it serves, not
+    /// ready, until Redis is up).
+    Retry,
+    /// Fail at once with the reason (a one-shot command).
+    Fail,
+}
+
+fn build_client(config: &Config, first: FirstConnect) -> Result<Client, String> {
+    let mut config = config.clone();
+    // fred's default gives up for good when the first connect fails.
+    config.fail_fast = first == FirstConnect::Fail;
+    Builder::from_config(config)
         .with_performance_config(|p| {
             p.broadcast_channel_capacity = MESSAGE_BUFFER;
             p.default_command_timeout = COMMAND_TIMEOUT;
@@ -70,8 +83,13 @@ fn parse_url(url: &str) -> Result<Config, String> {
 impl Publisher {
     /// Starts connecting; commands wait for the connection (up to the
     /// command timeout).
-    pub fn start(url: &str, history_size: usize, history_ttl_secs: u64) -> Result<Self, String> {
-        let client = build_client(&parse_url(url)?)?;
+    pub fn start(
+        url: &str,
+        history_size: usize,
+        history_ttl_secs: u64,
+        first: FirstConnect,
+    ) -> Result<Self, String> {
+        let client = build_client(&parse_url(url)?, first)?;
         client.connect();
         Ok(Self {
             client,
@@ -149,7 +167,7 @@ impl RedisBroker {
         history_size: usize,
         history_ttl_secs: u64,
     ) -> Result<(Self, MessageStream, ConnectionEvents), String> {
-        let subscriber = build_client(&parse_url(url)?)?;
+        let subscriber = build_client(&parse_url(url)?, FirstConnect::Retry)?;
         // Subscribed before connecting: the first connect is an event too.
         let messages = MessageStream {
             messages: subscriber.message_rx(),
@@ -160,7 +178,7 @@ impl RedisBroker {
             errors: subscriber.error_rx(),
         };
         subscriber.connect();
-        let publisher = Publisher::start(url, history_size, history_ttl_secs)?;
+        let publisher = Publisher::start(url, history_size, history_ttl_secs, FirstConnect::Retry)?;
         let broker = Self {
             subscriber,
             publisher,
@@ -235,23 +253,21 @@ pub(crate) struct ConnectionEvents {
     errors: broadcast::Receiver<(Error, Option<Server>)>,
 }
 
-/// Watches the subscriber connection: each reconnect after the first
-/// connect redoes every subscription (the first is the reconciler's own
-/// first round). Logs connection errors. Runs until the client is gone.
+/// Watches the subscriber connection: every connect, the first included,
+/// redoes every subscription (what was published before it is only in the
+/// history, even for clients that connected while Redis was down). Logs
+/// connection errors. Runs until the client is gone.
 pub(crate) async fn watch_connection(connection: ConnectionEvents, desired: Arc<Desired>) {
     let ConnectionEvents {
         mut reconnects,
         mut errors,
     } = connection;
-    let mut first = true;
     loop {
         tokio::select! {
             event = reconnects.recv() => match event {
                 Ok(server) => {
                     tracing::info!(%server, "connected to Redis; resubscribing");
-                    if !std::mem::take(&mut first) {
-                        desired.resync();
-                    }
+                    desired.resync();
                 }
                 Err(RecvError::Lagged(_)) => desired.resync(),
                 Err(RecvError::Closed) => break,
