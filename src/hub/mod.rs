@@ -85,8 +85,9 @@ pub struct Registration {
     hub: Hub,
     pub id: ConnId,
     channels: Vec<Box<str>>,
-    /// Resolves when every channel of this connection is subscribed.
-    pub ready: oneshot::Receiver<()>,
+    /// Resolves when every channel of this connection is subscribed; taken
+    /// (and dropped) by the session once it has waited.
+    pub ready: Option<oneshot::Receiver<()>>,
 }
 
 impl Drop for Registration {
@@ -163,7 +164,7 @@ impl Hub {
             hub: self.clone(),
             id,
             channels,
-            ready,
+            ready: Some(ready),
         })
     }
 

@@ -93,11 +93,10 @@ pub async fn run(
     };
     // Subscribed before the history is read: see `resume`. Live messages
     // are held by the wire until CONNECTED and the replay are out.
-    if tokio::time::timeout(SUBSCRIBE_WAIT, &mut registration.ready)
-        .await
-        .is_err()
-    {
-        tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
+    if let Some(ready) = registration.ready.take() {
+        if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
+            tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
+        }
     }
     // The client's resume point until its first message (SPEC §4).
     let resume_point = ulid::Ulid::new().to_string();
