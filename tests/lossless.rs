@@ -105,6 +105,44 @@ async fn readyz_status(gw: &Gateway) -> Option<u16> {
 // Reconnecting clients (tests 1 and 4)
 // ---------------------------------------------------------------------------
 
+/// Publishes `per_tick` SEQ messages through the canonical path every
+/// 10 ms, for at most `ticks` ticks and `limit`, or until `done()`; returns
+/// the last seq published (ids are the messages' own).
+async fn publish_steadily(
+    port: u16,
+    per_tick: u64,
+    ticks: usize,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> Result<(u64, Option<Vec<String>>), String> {
+    let mut conn = RespConn::try_connect(port, Duration::from_secs(2)).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut seq = 0u64;
+    for _ in 0..ticks {
+        tick.tick().await;
+        if done() || started.elapsed() > limit {
+            break;
+        }
+        for _ in 0..per_tick {
+            let acked = conn
+                .publish_canonical(
+                    USER,
+                    seq_message(seq).as_bytes(),
+                    HISTORY,
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| format!("publish seq {seq}: {e}"))?;
+            if !acked {
+                return Err(format!("publish seq {seq}: EXEC did not return an array"));
+            }
+            seq += 1;
+        }
+    }
+    Ok((seq - 1, None))
+}
+
 /// One connection of a reconnecting client.
 #[derive(Debug)]
 struct Session {
@@ -472,34 +510,7 @@ async fn gapless_under_load_with_reconnects() {
             .await,
     );
     // ~300 messages/s (3 every 10 ms) for ~8 s, through the canonical path.
-    let publish = move || async move {
-        let mut conn = RespConn::try_connect(port, Duration::from_secs(2)).await?;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let started = Instant::now();
-        let mut seq = 0u64;
-        for _ in 0..800 {
-            tick.tick().await;
-            if started.elapsed() > Duration::from_secs(12) {
-                break;
-            }
-            for _ in 0..3 {
-                let acked = conn
-                    .publish_canonical(
-                        USER,
-                        seq_message(seq).as_bytes(),
-                        HISTORY,
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map_err(|e| format!("publish seq {seq}: {e}"))?;
-                if !acked {
-                    return Err(format!("publish seq {seq}: EXEC did not return an array"));
-                }
-                seq += 1;
-            }
-        }
-        Ok((seq - 1, None))
-    };
+    let publish = move || publish_steadily(port, 3, 800, Duration::from_secs(12), || false);
     let cycles = [(300, 700), (500, 1000), (300, 1000)].map(Cycle::new);
     gapless_scenario(gw.clone(), Some(&redis), &cycles, publish).await;
 }
@@ -538,35 +549,8 @@ async fn rapid_single_connection_resumes_lose_nothing() {
     // ~2000 messages/s (20 every 10 ms) until the client resumed 1000 times
     // (at most 120 s).
     let resumes = cycle.resumes.clone();
-    let publish = move || async move {
-        let mut conn = RespConn::try_connect(port, Duration::from_secs(2)).await?;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let started = Instant::now();
-        let mut seq = 0u64;
-        for _ in 0..12_000 {
-            tick.tick().await;
-            let enough = resumes.load(Ordering::Relaxed) >= RESUMES;
-            if enough || started.elapsed() > Duration::from_secs(120) {
-                break;
-            }
-            for _ in 0..20 {
-                let acked = conn
-                    .publish_canonical(
-                        USER,
-                        seq_message(seq).as_bytes(),
-                        HISTORY,
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map_err(|e| format!("publish seq {seq}: {e}"))?;
-                if !acked {
-                    return Err(format!("publish seq {seq}: EXEC did not return an array"));
-                }
-                seq += 1;
-            }
-        }
-        Ok((seq - 1, None))
-    };
+    let enough = move || resumes.load(Ordering::Relaxed) >= RESUMES;
+    let publish = move || publish_steadily(port, 20, 12_000, Duration::from_secs(120), enough);
     let resumed = gapless_scenario(gw.clone(), Some(&redis), &[cycle], publish).await;
     assert!(
         resumed[0] as u64 >= RESUMES,
