@@ -123,19 +123,19 @@ pub async fn run(
         replay.as_ref().map(|r| r.recovered),
         replay.as_ref().map_or(0, |r| r.messages.len()),
     );
-    let end = match websocket::send(&mut ws, hello).await {
-        true => {
-            let replayed = replay.map(|r| r.messages).unwrap_or_default();
-            for message in &replayed {
-                wire.send_replayed(message);
-            }
-            let count = replayed.len() as u64;
-            hub.stats().replayed_messages.fetch_add(count, Relaxed);
-            metrics::counter!("ws_gateway_replayed_messages_total").increment(count);
-            wire.release(&replayed);
-            websocket::serve(&mut ws, &wire, &sessions).await
+    let end = if websocket::send(&mut ws, hello).await {
+        // The replay, then the live messages the wire held meanwhile.
+        let replayed = replay.map(|r| r.messages).unwrap_or_default();
+        for message in &replayed {
+            wire.send_replayed(message);
         }
-        false => End::ClientGone,
+        let count = replayed.len() as u64;
+        hub.stats().replayed_messages.fetch_add(count, Relaxed);
+        metrics::counter!("ws_gateway_replayed_messages_total").increment(count);
+        wire.release(&replayed);
+        websocket::serve(&mut ws, &wire, &sessions).await
+    } else {
+        End::ClientGone
     };
     drop(registration);
     tracing::info!(
