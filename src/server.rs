@@ -22,6 +22,16 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(loaded: Loaded) -> Result<(), String> {
+    run_until(loaded, None, shutdown::signal()).await
+}
+
+/// Runs the gateway until `stop` resolves, then drains. `listener`, when
+/// given, replaces binding `server.listen` (tests in-process on port 0).
+pub async fn run_until(
+    loaded: Loaded,
+    listener: Option<TcpListener>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let mut config = loaded.config;
     let dev_mode = config.auth.has_no_keys();
     // Where dev mode's secret is kept; None while it lives in memory only.
@@ -81,9 +91,12 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
         ),
     );
 
-    let listener = TcpListener::bind(config.listen_addr())
-        .await
-        .map_err(|e| format!("server.listen: cannot bind {}: {e}", config.server.listen))?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.listen_addr())
+            .await
+            .map_err(|e| format!("server.listen: cannot bind {}: {e}", config.server.listen))?,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| format!("server.listen: {e}"))?;
@@ -111,7 +124,7 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     });
     services.spawn("http", |stop| http::serve(listener, app, stop));
 
-    shutdown::signal().await;
+    stop.await;
     tracing::info!(
         connections = hub.connection_count(),
         drain_secs = drain_window.as_secs(),

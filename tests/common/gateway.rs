@@ -213,45 +213,12 @@ impl Gateway {
     }
 
     pub fn ws_url(&self, query: &str) -> String {
-        if query.is_empty() {
-            format!("ws://{}/ws", self.addr)
-        } else {
-            format!("ws://{}/ws?{}", self.addr, query)
-        }
+        ws_url_at(self.addr, query)
     }
 
     /// Opens a WebSocket; returns the raw result (to inspect refusals).
     pub async fn connect_raw(&self, opts: &ConnectOpts) -> Result<Client, tungstenite::Error> {
-        let mut params: Vec<String> = Vec::new();
-        if let Some(t) = &opts.token {
-            params.push(format!("token={t}"));
-        }
-        params.extend(opts.query.iter().map(|(k, v)| format!("{k}={v}")));
-        let query = params.join("&");
-        let mut req = self.ws_url(&query).into_client_request()?;
-        for (k, v) in &opts.headers {
-            req.headers_mut().insert(
-                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                HeaderValue::from_str(v).expect("header value"),
-            );
-        }
-        let (ws, resp) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("WebSocket handshake did not finish within 5 s")?;
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    v.to_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        Ok(Client {
-            ws,
-            response_headers: headers,
-        })
+        connect_ws(self.addr, opts).await
     }
 
     /// Opens a WebSocket with `?token=` and asserts the handshake succeeded
@@ -335,5 +302,52 @@ impl Gateway {
             "expected /ws/health connections == {n} within {WAIT_TIMEOUT:?}, last: {}",
             self.health().await
         );
+    }
+}
+
+/// Opens a WebSocket to the gateway at `addr` (`/ws` with the options'
+/// token, query and headers); the handshake's error when it is refused.
+pub async fn connect_ws(
+    addr: SocketAddr,
+    opts: &ConnectOpts,
+) -> Result<Client, tungstenite::Error> {
+    let mut params: Vec<String> = Vec::new();
+    if let Some(t) = &opts.token {
+        params.push(format!("token={t}"));
+    }
+    params.extend(opts.query.iter().map(|(k, v)| format!("{k}={v}")));
+    let query = params.join("&");
+    let mut req = ws_url_at(addr, &query).into_client_request()?;
+    for (k, v) in &opts.headers {
+        req.headers_mut().insert(
+            HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    let (ws, resp) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("WebSocket handshake did not finish within 5 s")?;
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    Ok(Client {
+        ws,
+        response_headers: headers,
+    })
+}
+
+/// `ws://ADDR/ws`, with `query` when it is not empty.
+pub fn ws_url_at(addr: SocketAddr, query: &str) -> String {
+    if query.is_empty() {
+        format!("ws://{addr}/ws")
+    } else {
+        format!("ws://{addr}/ws?{query}")
     }
 }
