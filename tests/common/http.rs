@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 client, also for malformed requests.
+//! HTTP for the tests, through hyper's client.
 
 use super::*;
 
@@ -39,7 +39,8 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`, reading to EOF (10 s bound).
+/// One HTTP/1.1 request on a connection of its own, through hyper's client
+/// (bounded to 10 s). A `Host` header is added unless `headers` has one.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -47,87 +48,52 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<HttpResponse, String> {
+    use http_body_util::{BodyExt, Full};
     let fut = async {
-        let mut s = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        let mut request = ::http::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            request = request.header("host", addr.to_string());
+        }
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            request = request.header(*k, *v);
         }
-        if let Some(b) = body {
-            req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        if let Some(b) = body {
-            bytes.extend_from_slice(b);
-        }
-        s.write_all(&bytes)
+        let body = Full::new(bytes::Bytes::copy_from_slice(body.unwrap_or_default()));
+        let request = request.body(body).map_err(|e| format!("request: {e}"))?;
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let value = v.to_str().unwrap_or_default().to_string();
+                (k.as_str().to_ascii_lowercase(), value)
+            })
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
             .await
-            .map_err(|e| format!("read: {e}"))?;
-        parse_http_response(&buf)
+            .map_err(|e| format!("read the body: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .map_err(|_| "timed out after 10 s".to_string())?
-}
-
-fn parse_http_response(buf: &[u8]) -> Result<HttpResponse, String> {
-    let sep = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(buf)))?;
-    let head = String::from_utf8_lossy(&buf[..sep]).into_owned();
-    let mut body = buf[sep + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        body = dechunk(&body)?;
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunk header")?;
-        let size_str = String::from_utf8_lossy(&data[..line_end]);
-        let size_str = size_str.split(';').next().unwrap_or("").trim().to_string();
-        let size = usize::from_str_radix(&size_str, 16).map_err(|e| format!("chunk size: {e}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }
