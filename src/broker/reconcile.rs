@@ -122,16 +122,21 @@ impl Desired {
 
     /// Whether `channel` is wanted now.
     pub fn is_wanted(&self, channel: &str) -> bool {
-        self.fixed.iter().any(|c| &**c == channel) || lock(&self.state).wanted.contains(channel)
+        self.wants(&lock(&self.state), channel)
     }
 
-    /// Which of `channels` are wanted now.
+    /// Which of `channels` are wanted now (under one lock).
     fn wanted<'a>(&self, channels: &'a HashSet<Box<str>>) -> Vec<(&'a str, bool)> {
         let state = lock(&self.state);
         channels
             .iter()
-            .map(|c| (&**c, self.fixed.contains(c) || state.wanted.contains(c)))
+            .map(|c| (&**c, self.wants(&state, c)))
             .collect()
+    }
+
+    /// The rule: a fixed channel, or one with local members.
+    fn wants(&self, state: &State, channel: &str) -> bool {
+        self.fixed.iter().any(|c| &**c == channel) || state.wanted.contains(channel)
     }
 }
 

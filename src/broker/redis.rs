@@ -69,7 +69,7 @@ fn build_client(config: &Config, first: FirstConnect) -> Result<Client, String> 
         })
         // No silent re-send after a reconnect: a command whose connection
         // broke fails, and its caller decides (a publish answers
-        // outcome_unknown; the subscriptions task redoes everything).
+        // outcome_unknown; the reconciler redoes everything).
         .with_connection_config(|c| c.max_command_attempts = 1)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()

@@ -212,10 +212,6 @@ impl Gateway {
         self.logs().join("\n")
     }
 
-    pub fn ws_url(&self, query: &str) -> String {
-        ws_url_at(self.addr, query)
-    }
-
     /// Opens a WebSocket; returns the raw result (to inspect refusals).
     pub async fn connect_raw(&self, opts: &ConnectOpts) -> Result<Client, tungstenite::Error> {
         connect_ws(self.addr, opts).await
