@@ -1,4 +1,7 @@
 //! HTTP endpoints (SPEC §7).
+//!
+//! In-process where the embedded broker will do; with the binary and a real
+//! Redis where the probes follow Redis.
 
 mod common;
 
@@ -301,7 +304,7 @@ async fn broadcast_endpoint_and_aliases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_refuses_an_empty_body() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let mut c = gw.user("42", &[]).await;
     let admin = admin_token();
     for path in ["/ws/broadcast", "/api/socket/notify/system"] {
@@ -330,7 +333,7 @@ async fn broadcast_refuses_an_empty_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_wrong_method_and_console() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
 
     gw.get("/nope").await.assert_error(404, "not_found");
     gw.get("/ws/nope").await.assert_error(404, "not_found");
@@ -391,7 +394,7 @@ fn external_refs(html: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "/metrics comes with a later issue (SPEC §8)"]
 async fn metrics_endpoint() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let _c = gw.user("42", &[]).await;
     let r = gw.get("/metrics").await;
     assert_eq!(r.status, 200, "/metrics");

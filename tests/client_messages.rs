@@ -1,4 +1,6 @@
 //! Client → server messages, frame limits, heartbeats (SPEC §5, §6).
+//!
+//! In-process: nothing here needs a process boundary.
 
 mod common;
 
@@ -10,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_errors_and_connection_stays_open() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let mut c = gw.user("42", &[]).await;
 
     c.ping_pong(123).await;
@@ -34,7 +36,7 @@ async fn ping_errors_and_connection_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frame_closes_with_1003() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let mut c = gw.user("42", &[]).await;
     c.ws.send(Message::binary(vec![1u8, 2, 3]))
         .await
@@ -46,6 +48,7 @@ async fn binary_frame_closes_with_1003() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_text_frame_closes_with_1009() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_SERVER_MAX_MESSAGE_BYTES", "1024")
         .start()
         .await;
@@ -65,6 +68,7 @@ async fn oversized_text_frame_closes_with_1009() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sends_websocket_pings() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", "1")
         .start()
         .await;
@@ -79,6 +83,7 @@ async fn server_sends_websocket_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_idle_timeout() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", "1")
         .env("GATEWAY_CONNECTION_IDLE_TIMEOUT_SECS", "2")
         .start()
@@ -100,6 +105,7 @@ async fn silent_client_is_closed_after_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responsive_client_is_not_closed_for_idleness() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", "1")
         .env("GATEWAY_CONNECTION_IDLE_TIMEOUT_SECS", "2")
         .start()
@@ -127,6 +133,7 @@ async fn responsive_client_is_not_closed_for_idleness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_message_rate_is_limited() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_CLIENT_MESSAGES_PER_SEC", "1")
         .start()
         .await;
@@ -148,7 +155,7 @@ async fn client_message_rate_is_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_bad_messages_close_with_1008() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let mut c = gw.user("42", &[]).await;
     // Nine refused messages in a row are answered...
     for _ in 0..9 {

@@ -1,4 +1,6 @@
 //! Handshake: refusals before and after the upgrade, token transports (SPEC §4).
+//!
+//! In-process, except the test that reads the logs.
 
 mod common;
 
@@ -8,14 +10,14 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_get_without_upgrade_is_400() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let r = gw.get(&format!("/ws?token={}", token("42", &[]))).await;
     r.assert_error(400, "bad_request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_checks_with_default_config() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let tok = token("42", &[]);
 
     let r = expect_refusal(
@@ -50,6 +52,7 @@ async fn origin_checks_with_default_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_allowed_origins() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_SERVER_ALLOWED_ORIGINS", "http://app.example")
         .start()
         .await;
@@ -71,6 +74,7 @@ async fn configured_allowed_origins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_connect_rate_limit() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_CONNECT_RATE_PER_IP", "1")
         .start()
         .await;
@@ -106,6 +110,7 @@ async fn per_ip_connect_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_per_instance() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_SERVER_MAX_CONNECTIONS", "1")
         .start()
         .await;
@@ -132,7 +137,7 @@ async fn max_connections_per_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refusals_after_upgrade() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
 
     let mut c = gw
         .connect_raw(&ConnectOpts::none())
@@ -164,7 +169,11 @@ async fn token_refusals_after_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refused() {
-    let gw = gateway().env("GATEWAY_AUTH_LEEWAY_SECS", "0").start().await;
+    let gw = gateway()
+        .in_process()
+        .env("GATEWAY_AUTH_LEEWAY_SECS", "0")
+        .start()
+        .await;
     let tok = mint("42", &[], "1s");
     let t_after = now_secs();
     // exp <= t_after + 1; wait until the clock is strictly past it.
@@ -195,7 +204,7 @@ fn token_not_before(sub: &str, nbf_in_secs: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_yet_valid_token_is_refused() {
     // The default leeway (auth.leeway_secs = 30) applies to `nbf` as to `exp`.
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let mut c = gw
         .connect_raw(&ConnectOpts::token(&token_not_before("42", 3600)))
         .await
@@ -208,6 +217,7 @@ async fn not_yet_valid_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_connections_per_user() {
     let gw = gateway()
+        .in_process()
         .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "2")
         .start()
         .await;
@@ -225,7 +235,7 @@ async fn too_many_connections_per_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_in_authorization_header() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let auth = format!("Bearer {}", token("42", &["ops"]));
     let mut c = gw
         .connect_raw(&ConnectOpts::none().header("Authorization", &auth))
@@ -239,7 +249,7 @@ async fn token_in_authorization_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_in_subprotocol() {
-    let gw = gateway().start().await;
+    let gw = gateway().in_process().start().await;
     let offer = format!("ws-gateway, bearer.{}", token("42", &[]));
     let mut c = gw
         .connect_raw(&ConnectOpts::none().header("Sec-WebSocket-Protocol", &offer))

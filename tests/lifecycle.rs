@@ -312,3 +312,24 @@ async fn a_client_connected_before_redis_was_up_misses_nothing() {
         gw.logs_text()
     );
 }
+
+/// Stopping an in-process gateway drains like a signal: the client reads
+/// 1001, and `server::run_until` returns Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_in_process_closes_clients_with_1001_and_returns() {
+    let mut gw = gateway()
+        .in_process()
+        .env("GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "1")
+        .start()
+        .await;
+    let mut c = gw.user("42", &[]).await;
+    let stopped = gw.stop_in_process(Duration::from_secs(10));
+    let (closed, ended) = tokio::join!(c.read_until_close(Duration::from_secs(10)), stopped);
+    let (texts, code, got_close) = closed;
+    assert!(texts.is_empty() && got_close, "{texts:?}");
+    assert_eq!(code, Some(1001));
+    assert!(
+        matches!(ended, Some(Ok(()))),
+        "run_until should return Ok after the drain: {ended:?}"
+    );
+}

@@ -8,6 +8,7 @@ pub struct GatewayBuilder {
     args: Vec<String>,
     secret: Option<String>,
     wait_ready: bool,
+    in_process: bool,
 }
 
 /// A builder with the suite defaults: secret [`SECRET`], no per-IP connect
@@ -18,6 +19,7 @@ pub fn gateway() -> GatewayBuilder {
         args: Vec::new(),
         secret: Some(SECRET.to_string()),
         wait_ready: true,
+        in_process: false,
     }
 }
 
@@ -50,8 +52,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs the gateway inside the test's own runtime (`server::run_until`
+    /// on port 0), for tests that need no process boundary: no CLI flags, no
+    /// logs to read, no signals; its environment is the builder's `env`.
+    pub fn in_process(mut self) -> Self {
+        self.in_process = true;
+        self
+    }
+
     pub async fn start(self) -> Gateway {
         let dir = TempDir::new();
+        if self.in_process {
+            return self.start_in_process(dir).await;
+        }
         let mut cmd = gateway_command(dir.path());
         cmd.env("RUST_LOG", "info");
         if let Some(s) = &self.secret {
@@ -90,6 +103,7 @@ impl GatewayBuilder {
         }
         let mut gw = Gateway {
             child: Some(child),
+            in_process: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             logs,
             _dir: dir,
@@ -118,25 +132,64 @@ impl GatewayBuilder {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         gw.addr = addr;
-
         if self.wait_ready {
-            let ok = wait_until(Duration::from_secs(20), || async {
-                matches!(gw.try_get("/readyz").await, Some(r) if r.status == 200)
-            })
-            .await;
-            assert!(
-                ok,
-                "GET /readyz did not return 200 within 20 s; output:\n{}",
-                gw.logs_text()
-            );
+            gw.wait_ready().await;
+        }
+        gw
+    }
+
+    async fn start_in_process(self, dir: TempDir) -> Gateway {
+        assert!(
+            self.args.is_empty(),
+            "an in-process gateway takes no CLI flags: {:?}",
+            self.args
+        );
+        // Dev mode would keep its secret in this process's home directory.
+        let secret = self.secret.expect("an in-process gateway needs a secret");
+        let mut env: BTreeMap<String, String> = self.env.into_iter().collect();
+        env.insert("GATEWAY_AUTH_SECRET".into(), secret);
+        let overrides = ws_gateway::config::Overrides {
+            env,
+            flags: Vec::new(),
+        };
+        let file = dir.write("gateway.toml", "");
+        let loaded = ws_gateway::config::load(Some(&file), &overrides).expect("config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ws_gateway::server::run_until(
+            loaded,
+            Some(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let gw = Gateway {
+            child: None,
+            in_process: Some(InProcess { stop, task }),
+            addr,
+            logs: Arc::default(),
+            _dir: dir,
+        };
+        if self.wait_ready {
+            gw.wait_ready().await;
         }
         gw
     }
 }
 
+/// A gateway running in the test's runtime, and how to stop it.
+struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
 /// A running gateway, killed on drop.
 pub struct Gateway {
     child: Option<Child>,
+    in_process: Option<InProcess>,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
@@ -147,6 +200,9 @@ impl Drop for Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(server) = self.in_process.take() {
+            server.task.abort();
         }
     }
 }
@@ -169,6 +225,30 @@ impl Gateway {
         logs.iter()
             .filter(|l| l.contains("listening"))
             .find_map(|l| parse_addr_field(l))
+    }
+
+    async fn wait_ready(&self) {
+        let ok = wait_until(Duration::from_secs(20), || async {
+            matches!(self.try_get("/readyz").await, Some(r) if r.status == 200)
+        })
+        .await;
+        assert!(
+            ok,
+            "GET /readyz did not return 200 within 20 s; output:\n{}",
+            self.logs_text()
+        );
+    }
+
+    /// Stops an in-process gateway as a signal would (it drains), and
+    /// returns what `run_until` returned, bounded by `timeout`.
+    pub async fn stop_in_process(&mut self, timeout: Duration) -> Option<Result<(), String>> {
+        let server = self.in_process.take().expect("an in-process gateway");
+        let _ = server.stop.send(());
+        match tokio::time::timeout(timeout, server.task).await {
+            Ok(Ok(ended)) => Some(ended),
+            Ok(Err(join)) => Some(Err(format!("the server task failed: {join}"))),
+            Err(_) => None,
+        }
     }
 
     pub fn port(&self) -> u16 {

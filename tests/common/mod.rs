@@ -1,8 +1,10 @@
 //! Black-box test harness for ws-gateway.
 //!
-//! Every test starts the real `ws-gateway` binary (and, where needed, a real
-//! `redis-server`) on free loopback ports, talks to it over real sockets and
-//! kills every child process when the guard structs are dropped.
+//! Tests start the real `ws-gateway` binary, or, where no process boundary
+//! matters, the same server in-process ([`GatewayBuilder::in_process`]);
+//! where needed also a real `redis-server`, all on free loopback ports. They
+//! talk to it over real sockets, and every child process is killed when its
+//! guard struct is dropped.
 //!
 //! By concern: [`tokens`], [`redis`] (the server and a RESP client),
 //! [`gateway`] (the binary and its CLI), [`client`] (WebSocket), [`http`],
@@ -11,7 +13,7 @@
 //! common::*`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
