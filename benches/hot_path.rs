@@ -13,6 +13,7 @@ use ws_gateway::auth::Identity;
 use ws_gateway::broker::reconcile::Desired;
 use ws_gateway::config::RedisConfig;
 use ws_gateway::hub::{Hub, Registration};
+use ws_gateway::metrics::Transport;
 use ws_gateway::names::Names;
 use ws_gateway::protocol::validate_published;
 use ws_gateway::wire::Wire;
@@ -84,6 +85,7 @@ fn hub() -> Hub {
         Names::from_config(&RedisConfig::default(), "bench"),
         usize::MAX,
         Desired::new(Vec::new()),
+        Arc::default(),
     )
 }
 
@@ -120,7 +122,7 @@ fn connect(
     for i in 0..count {
         let (wire, client) = socket_pair(rt, hub);
         let registration = hub
-            .register(&identity(user_id(i)), wire.clone())
+            .register(&identity(user_id(i)), wire.clone(), Transport::WebSocket)
             .expect("registration refused");
         connections.registrations.push(registration);
         connections.wires.push(wire);

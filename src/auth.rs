@@ -329,6 +329,22 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_refusal_code_is_counted() {
+        let errors = [
+            AuthError::Missing,
+            AuthError::Expired,
+            AuthError::Invalid("x"),
+        ];
+        for e in errors {
+            assert!(
+                crate::metrics::REFUSALS.contains(&e.code()),
+                "{} is not in metrics::REFUSALS",
+                e.code()
+            );
+        }
+    }
+
     fn auth(secret: &str) -> AuthConfig {
         AuthConfig {
             secret: secret.into(),

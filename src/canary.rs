@@ -64,12 +64,14 @@ impl Canary {
 }
 
 /// Runs until the process ends: publishes on `channel` (this instance's
-/// canary channel) every `interval`.
+/// canary channel) every `interval`, and records each round trip in
+/// `round_trips`.
 pub async fn run(
     canary: Arc<Canary>,
     broker: Arc<dyn Broker>,
     channel: String,
     interval: Duration,
+    round_trips: metrics::Histogram,
 ) {
     let mut echoes = canary.echo.subscribe();
     let mut ticks = tokio::time::interval(interval);
@@ -77,7 +79,6 @@ pub async fn run(
     let mut seq: u64 = 0;
     loop {
         ticks.tick().await;
-        metrics::gauge!("ws_gateway_broker_up").set(if broker.is_up() { 1.0 } else { 0.0 });
         seq += 1;
         let sent = Instant::now();
         let payload = Bytes::from(format!(r#"{{"type":"CANARY","seq":{seq}}}"#));
@@ -94,10 +95,8 @@ pub async fn run(
         };
         match tokio::time::timeout(interval, round_trip).await {
             Ok(Ok(())) => {
-                let rtt = sent.elapsed();
                 canary.returned();
-                metrics::histogram!("ws_gateway_canary_round_trip_seconds")
-                    .record(rtt.as_secs_f64());
+                round_trips.record(sent.elapsed().as_secs_f64());
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "canary not published"),
             Err(_) => tracing::warn!(seq, "canary did not come back within one interval"),

@@ -27,7 +27,7 @@
 //!   Redis channel and key name), [`resume`] (where a stream was left in a
 //!   user's history, and merging a replay with the live stream: the
 //!   client's `since` and the catch-up both use it), [`metrics`] (the one
-//!   set of counters), [`publish`] (the message preparation of the
+//!   set of counters, read by `/ws/stats` and rendered by `/metrics`), [`publish`] (the message preparation of the
 //!   canonical publish path), [`config`], [`auth`] and [`dev_secret`].
 //!
 //! Only what the binary, the load tool (`bench/`) and the Criterion
@@ -48,7 +48,7 @@ pub mod config;
 pub mod dev_secret;
 pub(crate) mod http;
 pub mod hub;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod names;
 pub mod protocol;
 pub mod publish;

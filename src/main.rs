@@ -175,7 +175,14 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(ansi);
     if format == LogFormat::Json {
-        builder.json().init();
+        // One flat object per line: the event's fields at the top level,
+        // where log pipelines look for them.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }

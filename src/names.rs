@@ -31,6 +31,18 @@ impl Names {
         channel.strip_prefix(self.user_prefix.as_str())
     }
 
+    /// Which kind of channel `channel` is, in the words of
+    /// `broker_messages_total{kind}` (SPEC §8).
+    pub fn kind_of(&self, channel: &str) -> &'static str {
+        if channel == self.broadcast {
+            "broadcast"
+        } else if channel.starts_with(self.role_prefix.as_str()) {
+            "role"
+        } else {
+            "user"
+        }
+    }
+
     /// The user's history list (SPEC §3).
     pub fn history_key(&self, user_id: &str) -> String {
         format!("{}{user_id}", self.history_prefix)

@@ -14,7 +14,9 @@ pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024;
 /// Close codes of SPEC §6.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INVALID_UTF8: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INVALID_TOKEN: u16 = 4001;

@@ -3,8 +3,9 @@
 use crate::auth::{self, Verifier};
 use crate::canary::{self, Canary};
 use crate::config::{Config, Loaded, DEV_LISTEN};
-use crate::http::{self, App};
+use crate::http::{self, App, Endpoints};
 use crate::hub::{dispatch, Hub};
+use crate::metrics::Stats;
 use crate::names::Names;
 use crate::shutdown::{self, Services};
 use crate::{broker, dev_secret};
@@ -17,6 +18,9 @@ use tokio::net::TcpListener;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long the services (HTTP, dispatcher, broker tasks) may take to stop.
 const SERVICES_STOP: Duration = Duration::from_secs(1);
+/// How often histogram samples are folded into their buckets (between
+/// scrapes, they wait in a queue).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// Lifetime of the tokens printed in dev mode.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -66,10 +70,12 @@ pub async fn run_until(
     let canary_channel = names.canary.clone();
     let started = broker::start(&config.redis, fixed_channels).await?;
     let broker = started.broker;
+    let stats = Arc::new(Stats::default());
     let hub = Hub::new(
         names,
         config.connection.max_connections_per_user,
         started.desired,
+        stats.clone(),
     );
     let canary = Arc::new(Canary::default());
 
@@ -88,8 +94,16 @@ pub async fn run_until(
             broker.clone(),
             canary_channel,
             Duration::from_secs(config.redis.canary_interval_secs),
+            stats.canary_round_trip.clone(),
         ),
     );
+    services.spawn_until_stopped("metrics upkeep", async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            stats.upkeep();
+        }
+    });
 
     let listener = match listener {
         Some(listener) => listener,
@@ -100,6 +114,19 @@ pub async fn run_until(
     let addr = listener
         .local_addr()
         .map_err(|e| format!("server.listen: {e}"))?;
+    let metrics_listener = match config.server.metrics_listen.as_str() {
+        "" => None,
+        metrics_listen => {
+            let listener = TcpListener::bind(metrics_listen)
+                .await
+                .map_err(|e| format!("server.metrics_listen: cannot bind {metrics_listen}: {e}"))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| format!("server.metrics_listen: {e}"))?;
+            tracing::info!(%addr, "serving /metrics");
+            Some(listener)
+        }
+    };
     tracing::info!(%addr, instance = %instance, broker = broker.kind(), "listening");
     if dev_mode {
         print_dev_banner(&config, addr, dev_secret_file.as_deref())?;
@@ -122,7 +149,15 @@ pub async fn run_until(
             pruner.prune_rate_limits();
         }
     });
-    services.spawn("http", |stop| http::serve(listener, app, stop));
+    if let Some(listener) = metrics_listener {
+        let app = app.clone();
+        services.spawn("metrics http", |stop| {
+            http::serve(listener, Endpoints::Metrics, app, stop)
+        });
+    }
+    services.spawn("http", |stop| {
+        http::serve(listener, Endpoints::Main, app, stop)
+    });
 
     stop.await;
     tracing::info!(

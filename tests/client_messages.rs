@@ -46,6 +46,20 @@ async fn binary_frame_closes_with_1003() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_text_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let gw = gateway().in_process().start().await;
+    let mut c = gw.user("42", &[]).await;
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(invalid))
+        .await
+        .expect("send the frame");
+    c.expect_close(1007).await;
+    gw.wait_connections(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_text_frame_closes_with_1009() {
     let gw = gateway()
         .in_process()

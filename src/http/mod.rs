@@ -1,5 +1,7 @@
-//! The HTTP side: one listener, a small routing table, and the handlers of
+//! The HTTP side: a listener, a small routing table, and the handlers of
 //! SPEC §7. Plain hyper, no framework: every route is visible in `route`.
+//! `/metrics` is served on `server.listen`, or only on its own listener
+//! when `server.metrics_listen` is set.
 
 mod admin;
 pub mod reply;
@@ -10,6 +12,7 @@ use crate::broker::Broker;
 use crate::canary::Canary;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::metrics::Gauges;
 use crate::session::Sessions;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, Request, Response, StatusCode};
@@ -152,8 +155,22 @@ impl Probe {
     }
 }
 
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Endpoints {
+    /// `server.listen`: all of SPEC §7 (`/metrics` unless it has its own).
+    Main,
+    /// `server.metrics_listen`: `/metrics` only.
+    Metrics,
+}
+
 /// Accepts HTTP connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    app: Arc<App>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -174,7 +191,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
         tokio::spawn(async move {
             let service = service_fn(|req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+                async move { Ok::<_, Infallible>(route(&app, endpoints, req, peer).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -200,6 +217,7 @@ enum Route<'a> {
     Readiness,
     Health,
     Console,
+    Metrics,
     Stats,
     Broadcast,
     TestMessage(&'a str),
@@ -213,6 +231,7 @@ impl<'a> Route<'a> {
             "/readyz" => Route::Readiness,
             "/ws/health" => Route::Health,
             "/socket-test.html" => Route::Console,
+            "/metrics" => Route::Metrics,
             "/ws/stats" | "/api/socket/status" => Route::Stats,
             "/ws/broadcast" | "/api/socket/notify/system" => Route::Broadcast,
             _ => Route::TestMessage(
@@ -237,9 +256,22 @@ impl<'a> Route<'a> {
     }
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
+async fn route(
+    app: &Arc<App>,
+    endpoints: Endpoints,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<reply::Body> {
     let path = req.uri().path().to_string();
-    let Some(route) = Route::resolve(&path) else {
+    let metrics_apart = !app.config.server.metrics_listen.is_empty();
+    let route = match (Route::resolve(&path), endpoints) {
+        (Some(Route::Metrics), Endpoints::Main) if metrics_apart => None,
+        (Some(route), Endpoints::Main) => Some(route),
+        (Some(Route::Metrics), Endpoints::Metrics) => Some(Route::Metrics),
+        (_, Endpoints::Metrics) => None,
+        (None, _) => None,
+    };
+    let Some(route) = route else {
         return reply::not_found();
     };
     let method = req.method();
@@ -258,6 +290,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
         Route::Readiness => readyz(app),
         Route::Health => health(app),
         Route::Console => reply::html(SOCKET_TEST_PAGE),
+        Route::Metrics => metrics(app),
         Route::Stats => admin::stats(app),
         Route::Broadcast => admin::publish(app, req, admin::Target::Broadcast).await,
         Route::TestMessage(user_id) if valid_user_id(user_id) => {
@@ -291,6 +324,17 @@ fn health(app: &App) -> Response<reply::Body> {
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )
+}
+
+fn metrics(app: &App) -> Response<reply::Body> {
+    let snapshot = app.hub.snapshot();
+    let gauges = Gauges {
+        connections: snapshot.by_transport,
+        users: snapshot.users,
+        subscriptions: snapshot.subscriptions,
+        broker_up: app.broker.is_up(),
+    };
+    reply::prometheus(app.hub.stats().render(&gauges))
 }
 
 fn readyz(app: &App) -> Response<reply::Body> {

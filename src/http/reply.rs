@@ -1,4 +1,5 @@
-//! JSON responses, the one shape every HTTP answer of the gateway takes.
+//! The gateway's HTTP answers: JSON, except the console (HTML) and
+//! `/metrics` (the Prometheus text format).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -53,6 +54,16 @@ pub fn html(page: &'static str) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// The Prometheus text exposition format, version 0.0.4.
+pub fn prometheus(text: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
 }

@@ -26,11 +26,19 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let ip = peer.ip();
     let Some(key) = upgrade_key(req.headers()) else {
         let message = "not a WebSocket upgrade request";
-        return refuse(ip, StatusCode::BAD_REQUEST, "bad_request", message, None);
+        return refuse(
+            app,
+            ip,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            None,
+        );
     };
     if !origin_allowed(req.headers(), &app.config.server.allowed_origins) {
         let message = "this page's origin may not connect; see server.allowed_origins";
         return refuse(
+            app,
             ip,
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -41,6 +49,7 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     if app.hub.is_draining() {
         let message = "this instance is shutting down; reconnect to another";
         return refuse(
+            app,
             ip,
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -52,6 +61,7 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     if max > 0 && app.open_sockets.load(Relaxed) >= max {
         let message = "this instance is at max_connections";
         return refuse(
+            app,
             ip,
             StatusCode::SERVICE_UNAVAILABLE,
             "over_capacity",
@@ -63,6 +73,7 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
         let message = "too many new connections from this address";
         let secs = wait.as_secs_f64().ceil() as u64;
         return refuse(
+            app,
             ip,
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -132,6 +143,7 @@ impl Drop for OpenSocket<'_> {
 
 /// A refusal before the upgrade: logged (reason, IP), answered in JSON.
 fn refuse(
+    app: &App,
     ip: std::net::IpAddr,
     status: StatusCode,
     code: &str,
@@ -139,6 +151,7 @@ fn refuse(
     retry_after_secs: Option<u64>,
 ) -> Response<reply::Body> {
     tracing::info!(reason = code, status = status.as_u16(), %ip, "handshake refused");
+    app.hub.stats().handshake_rejections.add(code, 1);
     match retry_after_secs {
         Some(secs) => reply::retry_later(status, code, message, secs),
         None => reply::error(status, code, message),

@@ -49,7 +49,6 @@ pub async fn run(hub: Hub, mut events: Events, broker: Arc<dyn Broker>, canary: 
             Some(Event::Reconnected) => {
                 if std::mem::replace(&mut connected_before, true) {
                     hub.stats().broker_reconnects.fetch_add(1, Relaxed);
-                    metrics::counter!("ws_gateway_broker_reconnects_total").increment(1);
                 }
                 hub.begin_recovery();
             }

@@ -21,11 +21,11 @@ pub(crate) mod dispatch;
 use crate::auth::Identity;
 use crate::broker::reconcile::Desired;
 use crate::lock;
-use crate::metrics::Stats;
+use crate::metrics::{Stats, Transport};
 use crate::names::Names;
 use crate::protocol::validate_published;
 use crate::protocol::Published;
-use crate::wire::{CloseReason, Push, Wire};
+use crate::wire::{CloseReason, Wire};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -62,12 +62,16 @@ struct State {
     /// Channels with at least one local member.
     channels: HashMap<Box<str>, Channel>,
     users: usize,
+    /// Connections per transport, in [`Transport::ALL`]'s order.
+    by_transport: [usize; 3],
     draining: bool,
 }
 
 /// A point-in-time view of the hub for `/ws/stats` and `/ws/health`.
 pub struct Snapshot {
     pub connections: usize,
+    /// Per transport, in [`Transport::ALL`]'s order.
+    pub by_transport: [usize; 3],
     pub users: usize,
     pub subscriptions: usize,
     pub uptime_secs: u64,
@@ -84,6 +88,7 @@ pub enum Refused {
 pub struct Registration {
     hub: Hub,
     pub id: ConnId,
+    transport: Transport,
     channels: Vec<Box<str>>,
     /// Resolves when every channel of this connection is subscribed; taken
     /// (and dropped) by the session once it has waited.
@@ -92,12 +97,17 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.unregister(self.id, &self.channels);
+        self.hub.unregister(self.id, self.transport, &self.channels);
     }
 }
 
 impl Hub {
-    pub fn new(names: Names, max_per_user: usize, desired: Arc<Desired>) -> Self {
+    pub fn new(
+        names: Names,
+        max_per_user: usize,
+        desired: Arc<Desired>,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
@@ -105,7 +115,7 @@ impl Hub {
                 names,
                 max_per_user,
                 next_id: AtomicU64::new(1),
-                stats: Arc::default(),
+                stats,
                 started: Instant::now(),
                 last_drop_log_ms: AtomicU64::new(0),
             }),
@@ -122,7 +132,12 @@ impl Hub {
     }
 
     /// Adds a connection to its user's and roles' channels.
-    pub fn register(&self, who: &Identity, wire: Arc<Wire>) -> Result<Registration, Refused> {
+    pub fn register(
+        &self,
+        who: &Identity,
+        wire: Arc<Wire>,
+        transport: Transport,
+    ) -> Result<Registration, Refused> {
         let names = &self.shared.names;
         let mut channels: Vec<Box<str>> = Vec::with_capacity(1 + who.roles.len());
         channels.push(names.user(&who.user_id).into());
@@ -146,6 +161,7 @@ impl Hub {
             state.users += 1;
         }
         state.connections.insert(id, wire.clone());
+        state.by_transport[transport as usize] += 1;
         for name in &channels {
             let channel = state.channels.entry(name.clone()).or_insert_with(|| {
                 // Under the hub's lock: the broker learns of wants and
@@ -159,20 +175,23 @@ impl Hub {
         // Even a channel subscribed long ago is confirmed by the next
         // round: a stale "subscribed" cannot release a connection early.
         let ready = self.shared.desired.confirmation(&channels);
-        self.shared.stats.connections_opened.fetch_add(1, Relaxed);
+        let stats = &self.shared.stats;
+        stats.connections_opened.add(transport.label(), 1);
         Ok(Registration {
             hub: self.clone(),
             id,
+            transport,
             channels,
             ready: Some(ready),
         })
     }
 
-    fn unregister(&self, id: ConnId, channels: &[Box<str>]) {
+    fn unregister(&self, id: ConnId, transport: Transport, channels: &[Box<str>]) {
         let mut state = lock(&self.shared.state);
         if !state.connections.remove(id) {
             return;
         }
+        state.by_transport[transport as usize] -= 1;
         for (i, name) in channels.iter().enumerate() {
             let Some(channel) = state.channels.get_mut(name) else {
                 continue;
@@ -195,16 +214,19 @@ impl Hub {
     pub fn dispatch(&self, channel: &str, payloads: impl IntoIterator<Item = Bytes>) {
         let stats = &self.shared.stats;
         let mut valid = Deliveries::new();
+        let mut received = 0;
         for payload in payloads {
-            stats.messages_received.fetch_add(1, Relaxed);
+            received += 1;
             match validate_published(payload) {
                 Ok(published) => valid.push(Arc::new(published)),
                 Err(invalid) => {
-                    stats.messages_dropped.fetch_add(1, Relaxed);
+                    stats.messages_dropped.add(invalid.as_str(), 1);
                     self.log_drop(channel, invalid.as_str());
                 }
             }
         }
+        let kind = self.shared.names.kind_of(channel);
+        stats.broker_messages.add(kind, received);
         if valid.is_empty() {
             return;
         }
@@ -231,18 +253,15 @@ impl Hub {
 
     /// Writes (or queues) the messages to each recipient, outside the hub's
     /// lock: a connect or disconnect never waits for a fan-out's syscalls.
+    /// The latency is observed once per message per pass, not per recipient.
     fn deliver(&self, messages: &Deliveries, recipients: &[Arc<Wire>]) {
-        let stats = &self.shared.stats;
-        let mut overflowed = 0;
         for wire in recipients {
-            if wire.deliver(messages) == Push::Overflowed {
-                overflowed += 1;
-            }
+            wire.deliver(messages);
         }
-        if overflowed > 0 {
-            stats
-                .slow_consumer_disconnects
-                .fetch_add(overflowed, Relaxed);
+        let now_ms = crate::publish::unix_millis();
+        let latency = &self.shared.stats.delivery_latency;
+        for ts in messages.iter().filter_map(|m| m.ts) {
+            latency.record(now_ms.saturating_sub(ts) as f64 / 1000.0);
         }
     }
 
@@ -281,7 +300,6 @@ impl Hub {
                 .stats
                 .replayed_messages
                 .fetch_add(missed as u64, Relaxed);
-            metrics::counter!("ws_gateway_replayed_messages_total").increment(missed as u64);
             tracing::info!(
                 channel,
                 missed,
@@ -303,7 +321,7 @@ impl Hub {
             tracing::warn!(
                 channel,
                 reason,
-                dropped_total = self.shared.stats.messages_dropped.load(Relaxed),
+                dropped_total = self.shared.stats.messages_dropped.total(),
                 "dropped a published message: it must be a JSON object with a string \"type\", at most 1 MiB (logged at most once a second)"
             );
         }
@@ -365,6 +383,7 @@ impl Hub {
         let state = lock(&self.shared.state);
         Snapshot {
             connections: state.connections.len(),
+            by_transport: state.by_transport,
             users: state.users,
             subscriptions: state.channels.len(),
             uptime_secs: self.shared.started.elapsed().as_secs(),
@@ -389,6 +408,7 @@ mod tests {
             Names::from_config(&crate::config::RedisConfig::default(), "test"),
             max_per_user,
             Desired::new(Vec::new()),
+            Arc::default(),
         )
     }
 
@@ -431,10 +451,18 @@ mod tests {
         let hub = hub(16);
         let wanted = |channel| hub.shared.desired.is_wanted(channel);
         let a = hub
-            .register(&who("42", &["ops"]), wire(hub.stats()).await.0)
+            .register(
+                &who("42", &["ops"]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket,
+            )
             .unwrap();
         let b = hub
-            .register(&who("42", &[]), wire(hub.stats()).await.0)
+            .register(
+                &who("42", &[]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket,
+            )
             .unwrap();
         assert!(wanted("ws:user:42") && wanted("ws:role:ops"));
         assert_eq!(hub.snapshot().subscriptions, 2);
@@ -450,18 +478,34 @@ mod tests {
     async fn per_user_limit() {
         let hub = hub(2);
         let _a = hub
-            .register(&who("1", &[]), wire(hub.stats()).await.0)
+            .register(
+                &who("1", &[]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket,
+            )
             .unwrap();
         let _b = hub
-            .register(&who("1", &[]), wire(hub.stats()).await.0)
+            .register(
+                &who("1", &[]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket,
+            )
             .unwrap();
         assert_eq!(
-            hub.register(&who("1", &[]), wire(hub.stats()).await.0)
-                .err(),
+            hub.register(
+                &who("1", &[]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket
+            )
+            .err(),
             Some(Refused::TooManyConnections)
         );
         assert!(hub
-            .register(&who("2", &[]), wire(hub.stats()).await.0)
+            .register(
+                &who("2", &[]),
+                wire(hub.stats()).await.0,
+                Transport::WebSocket
+            )
             .is_ok());
     }
 
@@ -473,9 +517,15 @@ mod tests {
             wire(hub.stats()).await,
             wire(hub.stats()).await,
         );
-        let _r1 = hub.register(&who("42", &[]), w42).unwrap();
-        let _r2 = hub.register(&who("43", &[]), w43).unwrap();
-        let _r3 = hub.register(&who("44", &["ops"]), wops).unwrap();
+        let _r1 = hub
+            .register(&who("42", &[]), w42, Transport::WebSocket)
+            .unwrap();
+        let _r2 = hub
+            .register(&who("43", &[]), w43, Transport::WebSocket)
+            .unwrap();
+        let _r3 = hub
+            .register(&who("44", &["ops"]), wops, Transport::WebSocket)
+            .unwrap();
         hub.dispatch("ws:user:42", [Bytes::from_static(br#"{"type":"A"}"#)]);
         hub.dispatch("ws:role:ops", [Bytes::from_static(br#"{"type":"B"}"#)]);
         hub.dispatch("ws:user:42", [Bytes::from_static(b"nope")]);
@@ -497,7 +547,10 @@ mod tests {
         assert_eq!(texts(&mut c42, 3).await, [a, c, d]);
         assert_eq!(texts(&mut c43, 2).await, [c, d]);
         assert_eq!(texts(&mut cops, 3).await, [b, c, d]);
-        assert_eq!(hub.stats().messages_dropped.load(Relaxed), 2);
+        assert_eq!(hub.stats().messages_dropped.get("invalid_payload"), 2);
+        assert_eq!(hub.stats().broker_messages.get("user"), 2);
+        assert_eq!(hub.stats().broker_messages.get("role"), 1);
+        assert_eq!(hub.stats().broker_messages.get("broadcast"), 3);
         assert_eq!(hub.stats().messages_delivered.load(Relaxed), 8);
     }
 }

@@ -4,6 +4,7 @@
 //! that ends sustained abuse with 1008. Transport-neutral: a transport
 //! hands it the client's text and sends the reply.
 
+use crate::metrics::Stats;
 use crate::protocol::{self, ClientMessage};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -36,14 +37,17 @@ impl Commands {
         }
     }
 
-    /// Handles one text message from the client.
-    pub fn handle(&mut self, text: &str) -> Verdict {
-        let (reply, accepted) = if self.budget.take() {
+    /// Handles one text message from the client, counted in `stats` by
+    /// its type.
+    pub fn handle(&mut self, text: &str, stats: &Stats) -> Verdict {
+        let (reply, kind) = if self.budget.take() {
             answer(text)
         } else {
             let message = "too many messages; slow down";
-            (protocol::error("rate_limited", message), false)
+            (protocol::error("rate_limited", message), Kind::RateLimited)
         };
+        stats.client_messages.add(kind.label(), 1);
+        let accepted = kind.is_accepted();
         self.strikes = if accepted { 0 } else { self.strikes + 1 };
         if self.strikes >= MAX_STRIKES {
             Verdict::Abuse
@@ -53,17 +57,42 @@ impl Commands {
     }
 }
 
-/// The answer to a client's text message (SPEC §5), and whether the
-/// message was valid.
-fn answer(text: &str) -> (Utf8Bytes, bool) {
+/// What a client's message was, for `client_messages_total{type}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Ping,
+    Unknown,
+    Invalid,
+    RateLimited,
+}
+
+impl Kind {
+    /// In the words of [`metrics::CLIENT_MESSAGE_TYPES`](crate::metrics::CLIENT_MESSAGE_TYPES).
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Ping => "PING",
+            Kind::Unknown => "unknown",
+            Kind::Invalid => "invalid",
+            Kind::RateLimited => "rate_limited",
+        }
+    }
+
+    /// Whether the message was valid (a refused one is a strike).
+    fn is_accepted(self) -> bool {
+        self == Kind::Ping
+    }
+}
+
+/// The answer to a client's text message (SPEC §5), and what it was.
+fn answer(text: &str) -> (Utf8Bytes, Kind) {
     match protocol::parse_client(text) {
-        Ok(ClientMessage::Ping { ts }) => (protocol::pong(ts), true),
+        Ok(ClientMessage::Ping { ts }) => (protocol::pong(ts), Kind::Ping),
         Ok(ClientMessage::Unknown(kind)) => {
             let shown: String = kind.chars().take(64).collect();
             let message = format!("unknown message type {shown:?}");
-            (protocol::error("unknown_type", &message), false)
+            (protocol::error("unknown_type", &message), Kind::Unknown)
         }
-        Err(e) => (protocol::error(e.code, &e.message), false),
+        Err(e) => (protocol::error(e.code, &e.message), Kind::Invalid),
     }
 }
 
@@ -125,17 +154,27 @@ mod tests {
 
     #[test]
     fn ten_refused_messages_in_a_row_are_abuse() {
+        let stats = Stats::default();
         let mut commands = Commands::new(0);
         for _ in 0..9 {
-            assert!(matches!(commands.handle("nope"), Verdict::Reply(_)));
+            assert!(matches!(commands.handle("nope", &stats), Verdict::Reply(_)));
         }
         assert!(matches!(
-            commands.handle(r#"{"type":"PING"}"#),
+            commands.handle(r#"{"type":"PING"}"#, &stats),
             Verdict::Reply(_)
         ));
         for _ in 0..9 {
-            assert!(matches!(commands.handle("nope"), Verdict::Reply(_)));
+            assert!(matches!(commands.handle("nope", &stats), Verdict::Reply(_)));
         }
-        assert!(matches!(commands.handle("nope"), Verdict::Abuse));
+        assert!(matches!(commands.handle("nope", &stats), Verdict::Abuse));
+        assert_eq!(stats.client_messages.get("invalid"), 19);
+        assert_eq!(stats.client_messages.get("PING"), 1);
+    }
+
+    #[test]
+    fn every_kind_is_a_counted_type() {
+        let kinds = [Kind::Ping, Kind::Unknown, Kind::Invalid, Kind::RateLimited];
+        let labels: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
+        assert_eq!(labels, crate::metrics::CLIENT_MESSAGE_TYPES);
     }
 }

@@ -11,6 +11,7 @@ mod websocket;
 use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
 use crate::hub::{Hub, Refused};
+use crate::metrics::Transport;
 use crate::protocol::{self, close};
 use crate::resume::{self, Horizon, Point, Replay};
 use crate::wire::Wire;
@@ -40,18 +41,55 @@ pub struct Sessions {
     pub client_messages_per_sec: u32,
 }
 
-/// Why a session ended, for the close log line.
-#[derive(Debug, Clone, Copy)]
+/// Why a session ended: the close log line's `reason` and `code`, and
+/// `connections_closed_total{reason}` (SPEC §6, §8).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum End {
-    ClientClosed,
+    /// The client started the closing handshake, with this code.
+    ClientClosed(Option<u16>),
+    /// The socket failed or ended without a closing handshake.
     ClientGone,
     SlowConsumer,
     Shutdown,
     IdleTimeout,
     MessageTooBig,
     BinaryFrame,
+    InvalidUtf8,
     ProtocolError,
     Abuse,
+}
+
+impl End {
+    /// In the words of [`metrics::CLOSE_REASONS`].
+    pub fn reason(self) -> &'static str {
+        match self {
+            End::ClientClosed(_) => "client_closed",
+            End::ClientGone => "client_gone",
+            End::SlowConsumer => "slow_consumer",
+            End::Shutdown => "shutdown",
+            End::IdleTimeout => "idle_timeout",
+            End::MessageTooBig => "message_too_big",
+            End::BinaryFrame => "binary_frame",
+            End::InvalidUtf8 => "invalid_utf8",
+            End::ProtocolError => "protocol_error",
+            End::Abuse => "abuse",
+        }
+    }
+
+    /// The close code of the closing handshake, if there was one.
+    pub fn code(self) -> Option<u16> {
+        match self {
+            End::ClientClosed(code) => code,
+            End::ClientGone => None,
+            End::SlowConsumer => Some(close::SLOW_CONSUMER),
+            End::Shutdown | End::IdleTimeout => Some(close::GOING_AWAY),
+            End::MessageTooBig => Some(close::MESSAGE_TOO_BIG),
+            End::BinaryFrame => Some(close::UNSUPPORTED_DATA),
+            End::InvalidUtf8 => Some(close::INVALID_UTF8),
+            End::ProtocolError => Some(close::PROTOCOL_ERROR),
+            End::Abuse => Some(close::POLICY_VIOLATION),
+        }
+    }
 }
 
 /// Runs one client connection to its end: `socket` is the upgraded TCP
@@ -65,21 +103,24 @@ pub async fn run(
     sessions: Arc<Sessions>,
     ip: IpAddr,
 ) {
-    let wire = Wire::new(socket, sessions.send_queue, sessions.hub.stats().clone());
+    let hub = &sessions.hub;
+    let stats = hub.stats();
+    let wire = Wire::new(socket, sessions.send_queue, stats.clone());
     let mut ws = websocket::open(wire.clone(), early, sessions.max_message_bytes).await;
     let who = match auth {
         Ok(who) => who,
         Err(e) => {
             tracing::info!(reason = e.code(), detail = e.message(), %ip, "handshake refused");
+            stats.handshake_rejections.add(e.code(), 1);
             websocket::refuse(ws, e.code(), e.message(), close::INVALID_TOKEN).await;
             return;
         }
     };
-    let hub = &sessions.hub;
-    let mut registration = match hub.register(&who, wire.clone()) {
+    let mut registration = match hub.register(&who, wire.clone(), Transport::WebSocket) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
             tracing::info!(reason = "too_many_connections", user = %who.user_id, %ip, "handshake refused");
+            stats.handshake_rejections.add("too_many_connections", 1);
             let message = "this user has too many open connections";
             websocket::refuse(
                 ws,
@@ -130,19 +171,20 @@ pub async fn run(
             wire.send_replayed(message);
         }
         let count = replayed.len() as u64;
-        hub.stats().replayed_messages.fetch_add(count, Relaxed);
-        metrics::counter!("ws_gateway_replayed_messages_total").increment(count);
+        stats.replayed_messages.fetch_add(count, Relaxed);
         wire.release(&replayed);
         websocket::serve(&mut ws, &wire, &sessions).await
     } else {
         End::ClientGone
     };
     drop(registration);
+    stats.connections_closed.add(end.reason(), 1);
     tracing::info!(
         user = %who.user_id,
         connection = %connection_id,
         duration_ms = started.elapsed().as_millis() as u64,
-        reason = ?end,
+        reason = %end.reason(),
+        code = end.code(),
         "connection closed"
     );
 }
@@ -166,5 +208,29 @@ impl Sessions {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics;
+
+    #[test]
+    fn every_end_is_a_counted_close_reason() {
+        let ends = [
+            End::ClientClosed(Some(1000)),
+            End::ClientGone,
+            End::SlowConsumer,
+            End::Shutdown,
+            End::IdleTimeout,
+            End::MessageTooBig,
+            End::BinaryFrame,
+            End::InvalidUtf8,
+            End::ProtocolError,
+            End::Abuse,
+        ];
+        let reasons: Vec<&str> = ends.iter().map(|e| e.reason()).collect();
+        assert_eq!(reasons, metrics::CLOSE_REASONS);
     }
 }

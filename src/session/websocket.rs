@@ -57,6 +57,17 @@ pub async fn send(ws: &mut Ws, text: Utf8Bytes) -> bool {
 /// answers the client, keeps the heartbeat. Returns why it ended, after the
 /// close handshake.
 pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
+    let end = session_loop(ws, wire, cfg).await;
+    // A client that goes away after the server closed its wire (a slow
+    // consumer, a drain) ends for the server's reason, not its own.
+    match (end, wire.closed()) {
+        (End::ClientGone, Some(CloseReason::SlowConsumer)) => End::SlowConsumer,
+        (End::ClientGone, Some(CloseReason::Shutdown)) => End::Shutdown,
+        (end, _) => end,
+    }
+}
+
+async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
     let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
     // One timer for both the ping and the idle deadline: fewer timers to
     // poll on every wake-up, and none to reset on every client frame.
@@ -66,15 +77,9 @@ pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
 
     loop {
         match wire.closed() {
-            Some(CloseReason::SlowConsumer) => {
-                return close_with(ws, close::SLOW_CONSUMER, "slow consumer", End::SlowConsumer)
-                    .await;
-            }
+            Some(CloseReason::SlowConsumer) => return close_for(ws, End::SlowConsumer).await,
             // The close frame goes after everything queued.
-            Some(CloseReason::Shutdown) => {
-                return close_with(ws, close::GOING_AWAY, "server shutting down", End::Shutdown)
-                    .await;
-            }
+            Some(CloseReason::Shutdown) => return close_for(ws, End::Shutdown).await,
             None => {}
         }
         let flushing = wire.has_pending();
@@ -88,39 +93,32 @@ pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
             incoming = ws.next() => {
                 heartbeat.heard_from_client();
                 match incoming {
-                    Some(Ok(Message::Text(text))) => match commands.handle(&text) {
-                        Verdict::Abuse => {
-                            return close_with(ws, close::POLICY_VIOLATION, "too many refused messages", End::Abuse).await;
-                        }
+                    Some(Ok(Message::Text(text))) => match commands.handle(&text, cfg.hub.stats()) {
+                        Verdict::Abuse => return close_for(ws, End::Abuse).await,
                         // Queued in the wire; the loop flushes it.
                         Verdict::Reply(reply) => if !send(ws, reply).await {
                             return End::ClientGone;
                         }
                     },
-                    Some(Ok(Message::Binary(_))) => {
-                        return close_with(ws, close::UNSUPPORTED_DATA, "binary frames are not supported", End::BinaryFrame).await;
-                    }
+                    Some(Ok(Message::Binary(_))) => return close_for(ws, End::BinaryFrame).await,
                     // Pings are answered by tungstenite on the next read.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Message::Close(frame))) => {
                         // tungstenite queued the reply; flush it and finish.
                         let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
-                        return End::ClientClosed;
+                        return End::ClientClosed(frame.map(|f| f.code.into()));
                     }
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        return close_with(ws, close::MESSAGE_TOO_BIG, "message too big", End::MessageTooBig).await;
+                        return close_for(ws, End::MessageTooBig).await;
                     }
-                    Some(Err(WsError::Protocol(_))) => {
-                        return close_with(ws, 1002, "protocol error", End::ProtocolError).await;
-                    }
+                    Some(Err(WsError::Utf8(_))) => return close_for(ws, End::InvalidUtf8).await,
+                    Some(Err(WsError::Protocol(_))) => return close_for(ws, End::ProtocolError).await,
                     Some(Err(_)) | None => return End::ClientGone,
                 }
             }
             () = &mut timer => {
                 match heartbeat.due(tokio::time::Instant::now()) {
-                    Some(Beat::Idle) => {
-                        return close_with(ws, close::GOING_AWAY, "idle timeout", End::IdleTimeout).await;
-                    }
+                    Some(Beat::Idle) => return close_for(ws, End::IdleTimeout).await,
                     Some(Beat::Ping) if ws.feed(Message::Ping(Default::default())).await.is_err() => {
                         return End::ClientGone;
                     }
@@ -140,13 +138,21 @@ pub async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
     )
     .await;
     if matches!(sent, Ok(Ok(()))) {
-        close_with(&mut ws, close_code, code, End::ClientGone).await;
+        close_with(&mut ws, close_code, code).await;
     }
+}
+
+/// Closes with `end`'s code and reason: the session's end.
+async fn close_for(ws: &mut Ws, end: End) -> End {
+    // Every end the server closes for has a code.
+    let code = end.code().unwrap_or(close::GOING_AWAY);
+    close_with(ws, code, end.reason()).await;
+    end
 }
 
 /// Starts the closing handshake with `code` and waits (bounded) for the
 /// client's reply, so the client reads the code before the socket goes.
-async fn close_with(ws: &mut Ws, code: u16, reason: &str, end: End) -> End {
+async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: protocol::close_code(code),
         reason: reason.into(),
@@ -157,5 +163,4 @@ async fn close_with(ws: &mut Ws, code: u16, reason: &str, end: End) -> End {
         Ok::<(), WsError>(())
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
-    end
 }

@@ -41,7 +41,6 @@ use crate::metrics::Stats;
 use crate::protocol::Published;
 use outbox::{frame_of, Flushed, Outbox};
 use std::io;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::net::TcpStream;
@@ -88,13 +87,9 @@ impl Wire {
         })
     }
 
-    fn delivered(&self) -> &AtomicU64 {
-        &self.stats.messages_delivered
-    }
-
     /// Fan-out: sends live messages, in order, without waiting.
     pub fn deliver(&self, messages: &[Arc<Published>]) -> Push {
-        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, self.delivered());
+        let (push, wake) = lock(&self.state).deliver(&self.socket, messages, &self.stats);
         self.wake_if(wake);
         push
     }
@@ -102,7 +97,7 @@ impl Wire {
     /// Sends a replayed message now, ahead of the held live ones.
     pub fn send_replayed(&self, published: &Arc<Published>) {
         let out = std::iter::once(frame_of(published));
-        let (_, wake) = lock(&self.state).send(&self.socket, out, self.delivered());
+        let (_, wake) = lock(&self.state).send(&self.socket, out, &self.stats);
         self.wake_if(wake);
     }
 
@@ -110,7 +105,7 @@ impl Wire {
     /// queued.
     fn send_raw(&self, buf: &[u8]) {
         let out = std::iter::once(writev::Out::Raw(buf));
-        let (_, wake) = lock(&self.state).send(&self.socket, out, self.delivered());
+        let (_, wake) = lock(&self.state).send(&self.socket, out, &self.stats);
         self.wake_if(wake);
     }
 
@@ -118,7 +113,7 @@ impl Wire {
     /// [`Wire::send_replayed`]) is out: live messages flow, minus the
     /// replay's duplicates.
     pub fn release(&self, replayed: &[Arc<Published>]) {
-        let (_, wake) = lock(&self.state).release(&self.socket, replayed, self.delivered());
+        let (_, wake) = lock(&self.state).release(&self.socket, replayed, &self.stats);
         self.wake_if(wake);
     }
 
@@ -150,7 +145,7 @@ impl Wire {
     /// Writes everything queued.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match lock(&self.state).write_pending(&self.socket, self.delivered())? {
+            match lock(&self.state).write_pending(&self.socket, &self.stats)? {
                 Flushed::All => return Poll::Ready(Ok(())),
                 Flushed::Blocked => ready!(self.socket.poll_write_ready(cx))?,
             }
@@ -234,6 +229,7 @@ mod tests {
         }
         stream.write_all(b"pong-4").await.unwrap();
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(stats.slow_consumer_disconnects.load(Relaxed), 1);
     }
 
     /// Messages queued behind a full socket and written by tungstenite's
@@ -281,5 +277,9 @@ mod tests {
         assert_eq!(wire.deliver(&m), Push::Overflowed);
         assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
         assert_eq!(wire.deliver(&m), Push::Closed);
+        // One disconnect; the two held and the one that did not fit are
+        // dropped, the one after the close never counted.
+        assert_eq!(stats.slow_consumer_disconnects.load(Relaxed), 1);
+        assert_eq!(stats.messages_dropped.get("slow_consumer"), 3);
     }
 }

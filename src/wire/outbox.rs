@@ -8,12 +8,13 @@
 
 use super::writev::{self, Out};
 use super::{CloseReason, Push};
+use crate::metrics::Stats;
 use crate::protocol::Published;
 use crate::resume::{Admit, Gate};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -83,11 +84,11 @@ impl Outbox {
         &mut self,
         socket: &TcpStream,
         replayed: &[Arc<Published>],
-        delivered: &AtomicU64,
+        stats: &Stats,
     ) -> (Push, bool) {
         let held = self.gate.open(replayed);
         self.queued -= held.len().min(self.queued);
-        self.deliver(socket, &held, delivered)
+        self.deliver(socket, &held, stats)
     }
 
     /// Closes (unless already closing): the session sees it on its next wake.
@@ -104,11 +105,11 @@ impl Outbox {
     }
 
     /// Writes queued chunks until done or the socket is full; counts the
-    /// messages completed in `delivered`.
+    /// messages completed as delivered.
     pub(super) fn write_pending(
         &mut self,
         socket: &TcpStream,
-        delivered: &AtomicU64,
+        stats: &Stats,
     ) -> io::Result<Flushed> {
         while !self.pending.is_empty() {
             let tails = self.pending.iter().map(|c| &c.bytes[c.written..]);
@@ -127,7 +128,7 @@ impl Outbox {
                 n -= left;
                 if front.message {
                     self.queued -= 1;
-                    delivered.fetch_add(1, Relaxed);
+                    stats.messages_delivered.fetch_add(1, Relaxed);
                 }
                 self.pending.pop_front();
             }
@@ -143,19 +144,21 @@ impl Outbox {
         &mut self,
         socket: &TcpStream,
         outs: impl Iterator<Item = Out<'a>> + Clone,
-        delivered: &AtomicU64,
+        stats: &Stats,
     ) -> (Push, bool) {
         let was_empty = self.pending.is_empty();
         let (mut written, mut partial) = (0, 0);
         if was_empty {
             // The common case: no queue, no allocation, one syscall.
-            (written, partial) = writev::write_now(socket, outs.clone(), delivered);
+            (written, partial) = writev::write_now(socket, outs.clone(), &stats.messages_delivered);
         }
-        for out in outs.skip(written) {
+        let mut unwritten = outs.skip(written);
+        while let Some(out) = unwritten.next() {
             let chunk = Chunk::of(out, std::mem::take(&mut partial));
             // A started frame is always kept: the stream must not break.
             if chunk.message && chunk.written == 0 && self.queued >= self.capacity {
-                self.overflow();
+                let unsent = 1 + unwritten.filter(|o| matches!(o, Out::Message(_))).count();
+                self.overflow(stats, unsent);
                 return (Push::Overflowed, true);
             }
             if chunk.message {
@@ -163,7 +166,7 @@ impl Outbox {
             } else if self.pending.len() >= self.capacity && self.closed.is_none() {
                 // A client that sends but never reads piles up our replies:
                 // bounded like published messages.
-                self.overflow();
+                self.overflow(stats, 0);
             }
             self.pending.push_back(chunk);
         }
@@ -176,20 +179,20 @@ impl Outbox {
         &mut self,
         socket: &TcpStream,
         messages: &[Arc<Published>],
-        delivered: &AtomicU64,
+        stats: &Stats,
     ) -> (Push, bool) {
         if self.closed.is_some() {
             return (Push::Closed, false);
         }
         if self.gate.is_clear() {
-            return self.send(socket, messages.iter().map(frame_of), delivered);
+            return self.send(socket, messages.iter().map(frame_of), stats);
         }
         // Around a resume: one at a time.
         let mut wake = false;
-        for published in messages {
+        for (i, published) in messages.iter().enumerate() {
             match self.gate.admit(published) {
                 Admit::Held if self.queued >= self.capacity => {
-                    self.overflow();
+                    self.overflow(stats, messages.len() - i);
                     return (Push::Overflowed, true);
                 }
                 Admit::Held => {
@@ -199,7 +202,7 @@ impl Outbox {
                 Admit::Duplicate => continue,
                 Admit::Pass => {}
             }
-            let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), delivered);
+            let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), stats);
             wake |= woken;
             if push != Push::Queued {
                 return (push, wake);
@@ -209,14 +212,23 @@ impl Outbox {
     }
 
     /// A slow consumer: drop what is queued (but finish a frame already
-    /// started, or the stream would be corrupt) and close.
-    fn overflow(&mut self) {
-        self.closed = Some(CloseReason::SlowConsumer);
+    /// started, or the stream would be corrupt) and close. `unsent`: the
+    /// published messages of this delivery that were not queued; they are
+    /// dropped too.
+    fn overflow(&mut self, stats: &Stats, unsent: usize) {
+        if self.closed.replace(CloseReason::SlowConsumer) != Some(CloseReason::SlowConsumer) {
+            stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
+        }
         let started = self.pending.front().is_some_and(|c| c.written > 0);
         self.pending.truncate(usize::from(started));
+        // A started message still goes out whole, but is not counted as
+        // delivered: the client is closed before it could act on it.
         if let Some(front) = self.pending.front_mut() {
             front.message = false;
         }
+        stats
+            .messages_dropped
+            .add("slow_consumer", (self.queued + unsent) as u64);
         self.gate.discard();
         self.queued = 0;
     }

@@ -207,10 +207,13 @@ impl Drop for Gateway {
     }
 }
 
-/// Extracts `127.0.0.1:PORT` from a log line with `addr=...`.
+/// Extracts `127.0.0.1:PORT` from a log line with `addr=...` (text) or
+/// `"addr":"..."` (JSON).
 pub fn parse_addr_field(line: &str) -> Option<SocketAddr> {
-    let idx = line.find("addr=")?;
-    let rest = &line[idx + "addr=".len()..];
+    let (idx, field) = ["addr=", "\"addr\":"]
+        .iter()
+        .find_map(|field| Some((line.find(field)?, field.len())))?;
+    let rest = &line[idx + field..];
     let value: String = rest
         .trim_start_matches('"')
         .chars()
@@ -221,9 +224,14 @@ pub fn parse_addr_field(line: &str) -> Option<SocketAddr> {
 
 impl Gateway {
     fn find_listen_addr(&self) -> Option<SocketAddr> {
+        self.logged_addr("listening")
+    }
+
+    /// The `addr=` of the first log line containing `message`.
+    pub fn logged_addr(&self, message: &str) -> Option<SocketAddr> {
         let logs = self.logs.lock().unwrap();
         logs.iter()
-            .filter(|l| l.contains("listening"))
+            .filter(|l| l.contains(message))
             .find_map(|l| parse_addr_field(l))
     }
 
