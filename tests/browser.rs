@@ -1,11 +1,13 @@
 //! The built-in test console in a real browser: headless Chromium opens
 //! `/socket-test.html` as a new user would (from the dev-mode link with the
-//! tokens in the URL fragment), connects, and shows an event published with
-//! the admin API. Driven over the Chrome DevTools Protocol with the same
-//! WebSocket client the other tests use.
+//! tokens in the URL fragment), connects, and shows events published with
+//! the admin API; at laptop window sizes the page fits, and it reconnects
+//! by itself, by close code, resuming where it stopped. Driven over the
+//! Chrome DevTools Protocol with the same WebSocket client the other tests
+//! use.
 //!
-//! `scripts/test.sh` installs Chromium. Run without it, the test says so and
-//! passes, except under CI (`CI` set), where a missing browser fails it.
+//! `scripts/test.sh` installs Chromium. Run without it, each test says so
+//! and passes, except under CI (`CI` set), where a missing browser fails it.
 
 mod common;
 
@@ -19,6 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Bound for the page to reach a state it should reach by itself.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn chromium() -> Option<PathBuf> {
     [
         "/usr/bin/chromium",
@@ -28,6 +33,20 @@ fn chromium() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
+}
+
+/// Chromium, or `None` (after saying so) when it is not installed and the
+/// test should pass without it. Under CI a missing browser fails the test.
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is required in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("SKIPPED {test}: chromium is not installed");
+    }
+    found
 }
 
 /// Chromium, killed on drop.
@@ -41,8 +60,13 @@ impl Drop for Browser {
 }
 
 /// Starts headless Chromium with remote debugging on a loopback port and
-/// returns it with its DevTools WebSocket URL.
-fn start_browser(binary: &PathBuf, profile: &TempDir) -> (Browser, String) {
+/// a window of `width`x`height`, and returns it with its DevTools WebSocket
+/// URL.
+fn start_browser(
+    binary: &PathBuf,
+    profile: &TempDir,
+    (width, height): (u32, u32),
+) -> (Browser, String) {
     let mut child = Command::new(binary)
         .args([
             "--headless",
@@ -55,9 +79,9 @@ fn start_browser(binary: &PathBuf, profile: &TempDir) -> (Browser, String) {
             "--disable-sync",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
-            "--window-size=1280,1000",
             "about:blank",
         ])
+        .arg(format!("--window-size={width},{height}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -80,13 +104,26 @@ fn start_browser(binary: &PathBuf, profile: &TempDir) -> (Browser, String) {
     (browser, url)
 }
 
-/// A minimal DevTools Protocol client: one request at a time.
+/// A minimal DevTools Protocol client: one request at a time. The events
+/// that arrive meanwhile are kept, to be inspected afterwards.
 struct Cdp {
     ws: Ws,
     next_id: u64,
+    events: Vec<Value>,
 }
 
 impl Cdp {
+    async fn connect(devtools: &str) -> Cdp {
+        let (ws, _) = tokio_tungstenite::connect_async(devtools)
+            .await
+            .expect("connect to chromium DevTools");
+        Cdp {
+            ws,
+            next_id: 0,
+            events: Vec::new(),
+        }
+    }
+
     async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
@@ -99,7 +136,7 @@ impl Cdp {
             .await
             .expect("send to chromium");
         let deadline = Instant::now() + Duration::from_secs(20);
-        // Events may come before the answer; skip them (bounded by time).
+        // Events may come before the answer; keep them (bounded by time).
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let frame = tokio::time::timeout(left, self.ws.next())
@@ -113,6 +150,9 @@ impl Cdp {
                 assert!(value.get("error").is_none(), "{method} failed: {value}");
                 return value["result"].clone();
             }
+            if value.get("method").is_some() {
+                self.events.push(value);
+            }
         }
     }
 
@@ -124,6 +164,9 @@ impl Cdp {
                 json!({ "expression": expression, "returnByValue": true }),
             )
             .await;
+        if let Some(e) = result.get("exceptionDetails") {
+            panic!("the page threw evaluating {expression}: {e}");
+        }
         result["result"]["value"].clone()
     }
 
@@ -138,110 +181,698 @@ impl Cdp {
         }
         false
     }
+
+    /// Opens `url` in a new tab with a `width`x`height` viewport, with the
+    /// network and log domains enabled before the page loads (so that every
+    /// response, favicon included, is seen). Returns the session id.
+    async fn open_page(&mut self, url: &str, (width, height): (u32, u32)) -> String {
+        let target = self
+            .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        let session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
+        for domain in [
+            "Page.enable",
+            "Network.enable",
+            "Log.enable",
+            "Runtime.enable",
+        ] {
+            self.call(Some(&session), domain, json!({})).await;
+        }
+        self.call(
+            Some(&session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        self.call(Some(&session), "Page.navigate", json!({ "url": url }))
+            .await;
+        let loaded = self
+            .wait_for(
+                &session,
+                "document.readyState === 'complete' && location.pathname === '/socket-test.html'",
+                PAGE_TIMEOUT,
+            )
+            .await;
+        assert!(loaded, "{url} did not load within {PAGE_TIMEOUT:?}");
+        session
+    }
+
+    /// A real click (mouse pressed and released) at the centre of the
+    /// first element matching `selector`, scrolled into view first (as
+    /// a user scrolls to what they click).
+    async fn click(&mut self, session: &str, selector: &str) {
+        let at = self
+            .eval(
+                session,
+                &format!(
+                    "(() => {{ const e = document.querySelector({selector:?}); \
+                     e.scrollIntoView({{ block: 'nearest', inline: 'nearest' }}); \
+                     const r = e.getBoundingClientRect(); \
+                     return [r.left + r.width / 2, r.top + r.height / 2]; }})()"
+                ),
+            )
+            .await;
+        let (x, y) = (at[0].as_f64().expect("x"), at[1].as_f64().expect("y"));
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                Some(session),
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )
+            .await;
+        }
+    }
+
+    /// Every 404 the page met so far: responses with status 404, and log
+    /// entries (network errors) that mention one.
+    fn not_found(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.events {
+            match e["method"].as_str() {
+                Some("Network.responseReceived") if e["params"]["response"]["status"] == 404 => {
+                    out.push(format!("404 {}", e["params"]["response"]["url"]));
+                }
+                Some("Log.entryAdded") => {
+                    let entry = &e["params"]["entry"];
+                    let text = entry["text"].as_str().unwrap_or_default();
+                    if text.contains("404") {
+                        out.push(format!("log: {text} {}", entry["url"]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Console errors and exceptions the page logged so far.
+    fn page_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.events {
+            match e["method"].as_str() {
+                Some("Runtime.exceptionThrown") => out.push(e["params"].to_string()),
+                Some("Log.entryAdded") if e["params"]["entry"]["level"] == "error" => {
+                    out.push(e["params"]["entry"].to_string())
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    async fn screenshot(&mut self, session: &str, name: &str) {
+        let shot = self
+            .call(
+                Some(session),
+                "Page.captureScreenshot",
+                json!({ "format": "png" }),
+            )
+            .await;
+        if let Some(data) = shot["data"].as_str() {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+            if let Ok(png) = base64::engine::general_purpose::STANDARD.decode(data) {
+                let _ = std::fs::write(out, png);
+            }
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_connects_and_shows_a_published_event() {
-    let Some(binary) = chromium() else {
+/// The console in one tab of its own browser.
+struct Console {
+    cdp: Cdp,
+    session: String,
+    _browser: Browser,
+    _profile: TempDir,
+}
+
+impl Console {
+    /// Opens the console on the gateway at `port` as the dev-mode link does
+    /// (`#token=…&admin=…&autoconnect`) in a `viewport`-sized window.
+    async fn open(
+        binary: &PathBuf,
+        port: u16,
+        user: &str,
+        admin: &str,
+        viewport: (u32, u32),
+    ) -> Console {
+        let profile = TempDir::new();
+        let (browser, devtools) = start_browser(binary, &profile, viewport);
+        let mut cdp = Cdp::connect(&devtools).await;
+        let url = format!(
+            "http://127.0.0.1:{port}/socket-test.html#token={user}&admin={admin}&autoconnect"
+        );
+        let session = cdp.open_page(&url, viewport).await;
+        Console {
+            cdp,
+            session,
+            _browser: browser,
+            _profile: profile,
+        }
+    }
+
+    async fn eval(&mut self, expression: &str) -> Value {
+        self.cdp.eval(&self.session, expression).await
+    }
+
+    async fn wait_for(&mut self, expression: &str, limit: Duration) -> bool {
+        self.cdp.wait_for(&self.session, expression, limit).await
+    }
+
+    async fn click(&mut self, selector: &str) {
+        self.cdp.click(&self.session, selector).await
+    }
+
+    /// Keeps a picture (in the target dir) for people reviewing the console.
+    async fn screenshot(&mut self, name: &str) {
+        self.cdp.screenshot(&self.session, name).await
+    }
+
+    /// The state badge's text (`connected`, `reconnecting · in 1.2 s …`).
+    async fn state(&mut self) -> Value {
+        self.eval("document.getElementById('state')?.textContent")
+            .await
+    }
+
+    async fn log_text(&mut self) -> Value {
+        self.eval("document.getElementById('log')?.innerText").await
+    }
+
+    /// Waits until the state badge says `connected`, or panics showing it.
+    async fn wait_connected(&mut self) {
+        let connected = self
+            .wait_for(
+                "document.getElementById('state')?.dataset.state === 'connected'",
+                PAGE_TIMEOUT,
+            )
+            .await;
+        let state = self.state().await;
+        assert!(connected, "the console did not connect; state: {state}");
+    }
+
+    /// Waits until an event whose summary contains `needle` is in the log.
+    async fn wait_event(&mut self, needle: &str) {
+        let shown = self
+            .wait_for(
+                &format!("({}) > 0", entries_containing(needle)),
+                PAGE_TIMEOUT,
+            )
+            .await;
+        let log = self.log_text().await;
         assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is required in CI (scripts/test.sh installs it)"
+            shown,
+            "no event with {needle} appeared in the console's log: {log}"
         );
-        eprintln!(
-            "SKIPPED console_connects_and_shows_a_published_event: chromium is not installed"
+    }
+
+    /// How many received-message entries of the log mention `needle`.
+    async fn count_events(&mut self, needle: &str) -> u64 {
+        self.eval(&entries_containing(needle))
+            .await
+            .as_u64()
+            .expect("a count")
+    }
+}
+
+/// JS: the number of received-message rows (not the console's own notes)
+/// whose summary line contains `needle`.
+fn entries_containing(needle: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#log .entry:not(.local)')]\
+         .filter((e) => e.querySelector('summary')?.textContent.includes({needle:?})).length"
+    )
+}
+
+/// JS: where an element is, and whether it is entirely inside the viewport
+/// and not covered at its centre.
+const IN_VIEW: &str = "(sel) => { const e = document.querySelector(sel); \
+     if (!e) return { sel, missing: true, inside: false }; \
+     const r = e.getBoundingClientRect(); \
+     const inside = r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 \
+       && r.right <= window.innerWidth && r.bottom <= window.innerHeight; \
+     const top = inside ? document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) : null; \
+     return { sel, left: r.left, right: r.right, top: r.top, bottom: r.bottom, \
+       inside: inside && !!top && (top === e || e.contains(top)) }; }";
+
+/// Asserts that the page is no wider than the window and that every
+/// element of `selectors` is in view; `when` names the moment.
+async fn assert_fits(console: &mut Console, selectors: &[&str], when: &str) {
+    let list = serde_json::to_string(selectors).unwrap();
+    let layout = console
+        .eval(&format!(
+            "(() => {{ const inView = {IN_VIEW}; return {{ \
+               innerWidth: window.innerWidth, innerHeight: window.innerHeight, \
+               scrollWidth: document.documentElement.scrollWidth, \
+               scrollX: window.scrollX, scrollY: window.scrollY, \
+               items: {list}.map(inView) }}; }})()"
+        ))
+        .await;
+    let inner = layout["innerWidth"].as_u64().expect("innerWidth");
+    let scroll = layout["scrollWidth"].as_u64().expect("scrollWidth");
+    assert!(
+        scroll <= inner,
+        "{when}: the page is {scroll} px wide in a {inner} px window (horizontal scroll): {layout}"
+    );
+    for item in layout["items"].as_array().expect("items") {
+        assert_eq!(
+            item["inside"],
+            json!(true),
+            "{when}: {} is not in view: {layout}",
+            item["sel"]
         );
+    }
+}
+
+/// An event whose summary is about 900 characters: longer than any window
+/// is wide. Its id comes first, so that it is in the shown part.
+fn long_event(id: &str) -> String {
+    let note = "spent more than planned on dining this month ".repeat(20);
+    json!({ "type": "BUDGET_ALERT", "id": id, "data": { "category": "dining", "spent": 460.0, "limit": 400.0, "note": note } })
+        .to_string()
+}
+
+/// The console at one laptop window size: it fits, its tokens are hidden,
+/// it shows events from the admin API, and one can be opened and closed
+/// without the controls leaving the screen.
+async fn console_at(test: &str, viewport: (u32, u32)) {
+    let Some(binary) = chromium_or_skip(test) else {
         return;
     };
     let gw = gateway().start().await;
     let user = token("42", &[]);
     let admin = admin_token();
-    let profile = TempDir::new();
-    let (_browser, devtools) = start_browser(&binary, &profile);
-    let (ws, _) = tokio_tungstenite::connect_async(devtools.as_str())
-        .await
-        .expect("connect to chromium DevTools");
-    let mut cdp = Cdp { ws, next_id: 0 };
+    let mut console = Console::open(&binary, gw.port(), &user, &admin, viewport).await;
+    let size = format!("{}x{}", viewport.0, viewport.1);
 
-    let page = format!(
-        "http://127.0.0.1:{}/socket-test.html#token={user}&admin={admin}&autoconnect",
-        gw.port()
-    );
-    let target = cdp
-        .call(None, "Target.createTarget", json!({ "url": page }))
-        .await;
-    let attached = cdp
-        .call(
-            None,
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        )
-        .await;
-    let session = attached["sessionId"]
-        .as_str()
-        .expect("sessionId")
-        .to_string();
-
-    let connected = cdp
-        .wait_for(
-            &session,
-            "document.getElementById('state')?.dataset.state === 'connected'",
-            Duration::from_secs(20),
-        )
-        .await;
-    let state = cdp
-        .eval(&session, "document.getElementById('state')?.textContent")
-        .await;
-    assert!(connected, "the console did not connect; state: {state}");
+    console.wait_connected().await;
     gw.wait_connections(1).await;
+    assert_fits(
+        &mut console,
+        &["#clear", "#log-count", "#connect"],
+        &format!("{size}, connected"),
+    )
+    .await;
 
-    // The backend (here: the admin API) publishes; the page shows it.
-    let body =
-        br#"{"type":"BUDGET_ALERT","data":{"category":"dining","spent":460.0,"limit":400.0}}"#;
-    let r = gw.post_bearer("/ws/test-message/42", &admin, body).await;
-    assert_eq!(r.status, 202, "publish: {r:?}");
-    let id = r.json()["id"].as_str().expect("id").to_string();
-    let shown = cdp
-        .wait_for(
-            &session,
-            &format!(
-                "(() => {{ const t = document.getElementById('log')?.innerText || ''; \
-                 return t.includes('BUDGET_ALERT') && t.includes('{id}'); }})()"
-            ),
-            Duration::from_secs(20),
+    // Both token fields are password fields with a show/hide toggle.
+    for (field, toggle) in [
+        ("token", "token-reveal"),
+        ("admin-token", "admin-token-reveal"),
+    ] {
+        let field_type = format!("document.getElementById('{field}').type");
+        assert_eq!(
+            console.eval(&field_type).await,
+            json!("password"),
+            "#{field} starts hidden"
+        );
+        console.click(&format!("#{toggle}")).await;
+        assert_eq!(
+            console.eval(&field_type).await,
+            json!("text"),
+            "#{toggle} shows #{field}"
+        );
+        console.click(&format!("#{toggle}")).await;
+        assert_eq!(
+            console.eval(&field_type).await,
+            json!("password"),
+            "#{toggle} hides #{field} again"
+        );
+    }
+    assert_eq!(
+        console.eval("document.getElementById('token').value").await,
+        json!(user),
+        "the token from the link is in the field"
+    );
+
+    // The backend (here: the admin API, as the README's curl) publishes; the
+    // page shows it. A long event first, then enough short ones to fill the
+    // events pane.
+    let long_id = ulid::Ulid::new().to_string();
+    let r = gw
+        .post_bearer(
+            "/ws/test-message/42",
+            &admin,
+            long_event(&long_id).as_bytes(),
         )
         .await;
-    let log = cdp
-        .eval(&session, "document.getElementById('log')?.innerText")
+    assert_eq!(r.status, 202, "publish: {r:?}");
+    assert_eq!(
+        r.json()["id"],
+        json!(long_id),
+        "the admin API keeps a given id"
+    );
+    console.wait_event(&long_id).await;
+    let mut last = String::new();
+    for n in 0..30 {
+        let body = format!(r#"{{"type":"NOTIFICATION","data":{{"n":{n}}}}}"#);
+        let r = gw
+            .post_bearer("/ws/test-message/42", &admin, body.as_bytes())
+            .await;
+        assert_eq!(r.status, 202, "publish: {r:?}");
+        last = r.json()["id"].as_str().expect("id").to_string();
+    }
+    console.wait_event(&last).await;
+    assert!(
+        console
+            .log_text()
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .contains("BUDGET_ALERT"),
+        "the event's type is shown"
+    );
+    assert_fits(
+        &mut console,
+        &["#clear", "#log-count", "#connect"],
+        &format!("{size}, with a long event"),
+    )
+    .await;
+
+    // The long summary is cut with an ellipsis inside the window.
+    let row = format!(
+        "[...document.querySelectorAll('#log .entry')].find((e) => e.querySelector('summary').textContent.includes({long_id:?}))"
+    );
+    let summary = console
+        .eval(&format!(
+            "(() => {{ const s = {row}.querySelector('.sum'); const r = s.getBoundingClientRect(); \
+             return {{ right: r.right, innerWidth: window.innerWidth, cut: s.scrollWidth > s.clientWidth, \
+               ellipsis: getComputedStyle(s).textOverflow === 'ellipsis' }}; }})()"
+        ))
         .await;
     assert!(
-        shown,
-        "the event did not appear in the console's log: {log}"
+        summary["right"].as_f64().unwrap_or(f64::INFINITY)
+            <= summary["innerWidth"].as_f64().unwrap_or(0.0)
+            && summary["cut"] == json!(true)
+            && summary["ellipsis"] == json!(true),
+        "{size}: the long summary should be ellipsized inside the window: {summary}"
     );
 
-    // PING from the page gets its PONG (the round trip is displayed).
-    cdp.eval(&session, "document.getElementById('ping').click()")
+    // Expand the long event, bring its body into view as a reader would,
+    // and the connect controls are still on screen.
+    console
+        .eval(&format!(
+            "{row}.querySelector('summary').setAttribute('id', 'long-summary')"
+        ))
         .await;
-    let ponged = cdp
+    console
+        .eval(&format!("{row}.setAttribute('id', 'long-event')"))
+        .await;
+    console.click("#long-summary").await;
+    let opened = console
         .wait_for(
-            &session,
-            "(document.getElementById('log')?.innerText || '').includes('PONG')",
+            "(() => { const d = document.getElementById('long-event'); \
+             return d.open && d.querySelector('pre').checkVisibility() \
+             && d.getBoundingClientRect().height > 100; })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        opened,
+        "{size}: clicking the event's summary did not expand it"
+    );
+    console
+        .eval("document.querySelector('#long-event pre').scrollIntoView({ block: 'nearest', inline: 'nearest' })")
+        .await;
+    assert_fits(
+        &mut console,
+        &[
+            "#connect",
+            "#token",
+            "#state",
+            "#clear",
+            "#log-count",
+            "#long-event pre",
+        ],
+        &format!("{size}, event expanded"),
+    )
+    .await;
+    console
+        .screenshot(&format!("socket-test-console-{size}.png"))
+        .await;
+
+    console.click("#long-summary").await;
+    let closed = console
+        .wait_for(
+            "(() => { const d = document.getElementById('long-event'); \
+             return !d.open && !d.querySelector('pre').checkVisibility() \
+             && d.getBoundingClientRect().height < 40; })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    let shown = console
+        .eval(
+            "(() => { const d = document.getElementById('long-event'); \
+             return { open: d.open, height: d.getBoundingClientRect().height, \
+               body_visible: d.querySelector('pre').checkVisibility() }; })()",
+        )
+        .await;
+    assert!(
+        closed,
+        "{size}: clicking the summary again did not collapse the event: {shown}"
+    );
+    assert_fits(
+        &mut console,
+        &["#connect", "#clear", "#log-count"],
+        &format!("{size}, event collapsed"),
+    )
+    .await;
+
+    // PING from the page gets its PONG (the round trip is displayed).
+    console.click("#ping").await;
+    let ponged = console
+        .wait_for(
+            &format!("({}) > 0", entries_containing("PONG")),
             Duration::from_secs(10),
         )
         .await;
     assert!(ponged, "no PONG in the console's log");
 
-    // Keep a picture for people reviewing the console.
-    let shot = cdp
-        .call(
-            Some(&session),
-            "Page.captureScreenshot",
-            json!({ "format": "png" }),
+    // No 404 (a favicon the page does not declare is requested and missing).
+    let icon = console
+        .eval("document.querySelector(\"link[rel~='icon']\")?.href.startsWith('data:') === true")
+        .await;
+    assert_eq!(icon, json!(true), "the page declares an inline icon");
+    let not_found = console.cdp.not_found();
+    assert!(not_found.is_empty(), "the page met 404s: {not_found:?}");
+    let errors = console.cdp.page_errors();
+    assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_fits_a_1024x768_window() {
+    console_at("console_fits_a_1024x768_window", (1024, 768)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_fits_a_1280x800_window() {
+    console_at("console_fits_a_1280x800_window", (1280, 800)).await;
+}
+
+/// The gateway goes away (killed) and comes back on the same address: the
+/// console reconnects by itself with `since=<last id>`, the gateway reports
+/// `recovered: true`, and the one event published meanwhile is shown once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_reconnects_after_a_gateway_restart_and_shows_the_missed_event_once() {
+    let test = "console_reconnects_after_a_gateway_restart_and_shows_the_missed_event_once";
+    let Some(binary) = chromium_or_skip(test) else {
+        return;
+    };
+    let redis = Redis::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let start = || gateway().redis(&redis).arg("--listen").arg(&listen).start();
+    let gw = start().await;
+    let user = token("7", &[]);
+    let admin = admin_token();
+    let mut console = Console::open(&binary, gw.port(), &user, &admin, (1280, 800)).await;
+    console.wait_connected().await;
+    gw.wait_connections(1).await;
+
+    let r = gw
+        .post_bearer(
+            "/ws/test-message/7",
+            &admin,
+            br#"{"type":"BEFORE_RESTART"}"#,
         )
         .await;
-    if let Some(data) = shot["data"].as_str() {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("socket-test-console.png");
-        if let Ok(png) = base64::engine::general_purpose::STANDARD.decode(data) {
-            let _ = std::fs::write(out, png);
-        }
-    }
+    assert_eq!(r.status, 202, "publish: {r:?}");
+    let before = r.json()["id"].as_str().expect("id").to_string();
+    console.wait_event(&before).await;
+    assert_eq!(
+        console.eval("wsConsole.lastId").await,
+        json!(before),
+        "last id follows the event"
+    );
+
+    drop(gw);
+    let waiting = console
+        .wait_for(
+            "document.getElementById('state')?.dataset.state === 'reconnecting' \
+             && /in \\d+\\.\\d s/.test(document.getElementById('state').textContent)",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    let state = console.state().await;
+    assert!(
+        waiting,
+        "the console does not show a reconnect countdown: {state}"
+    );
+
+    // Published while no gateway runs: only in the history.
+    let missed_id = ulid::Ulid::new().to_string();
+    let missed =
+        json!({ "type": "MISSED_WHILE_DOWN", "id": missed_id, "data": { "n": 1 } }).to_string();
+    let acked = redis
+        .conn()
+        .await
+        .publish_canonical("7", missed.as_bytes(), 100, WAIT_TIMEOUT)
+        .await
+        .expect("publish into Redis");
+    assert!(acked, "Redis refused the canonical publish");
+
+    let gw = start().await;
+    // Short backoff after 1006: the first attempts fail while it is down,
+    // and the next one (well within 20 s) finds it.
+    let recovered = console
+        .wait_for(
+            "document.getElementById('state')?.dataset.state === 'connected' \
+             && wsConsole.connected?.recovered === true",
+            Duration::from_secs(40),
+        )
+        .await;
+    let state = console.state().await;
+    let log = console.log_text().await;
+    assert!(
+        recovered,
+        "the console did not reconnect with recovered: true; state: {state}; log: {log}"
+    );
+    let connects = console.eval("wsConsole.connects.map((c) => c.url)").await;
+    let resumed = connects
+        .as_array()
+        .and_then(|c| c.last())
+        .and_then(|u| u.as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        resumed.ends_with(&format!("?since={before}")),
+        "the reconnect resumes from the last id {before}: {connects}"
+    );
+    assert!(
+        console
+            .eval("document.getElementById('st-recovered').textContent")
+            .await
+            .as_str()
+            .is_some_and(|t| t.starts_with("true")),
+        "the page shows recovered: true"
+    );
+    console.wait_event(&missed_id).await;
+
+    // A live event after the replay: once it is in, nothing more of the
+    // replay can come, so the counts are final.
+    let r = gw
+        .post_bearer("/ws/test-message/7", &admin, br#"{"type":"AFTER_RESTART"}"#)
+        .await;
+    assert_eq!(r.status, 202, "publish: {r:?}");
+    let after = r.json()["id"].as_str().expect("id").to_string();
+    console.wait_event(&after).await;
+    assert_eq!(
+        console.count_events(&missed_id).await,
+        1,
+        "the missed event is shown once"
+    );
+    assert_eq!(
+        console.count_events(&before).await,
+        1,
+        "the event before the restart is shown once"
+    );
+    assert_eq!(
+        console.eval("wsConsole.lastId").await,
+        json!(after),
+        "last id follows the live event"
+    );
+    console
+        .screenshot("socket-test-console-reconnected.png")
+        .await;
+}
+
+/// A refused token (4001) stops the console, which asks for a new token
+/// and schedules nothing; too many connections (4029) backs off for tens
+/// of seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_backs_off_by_close_code() {
+    let Some(binary) = chromium_or_skip("console_backs_off_by_close_code") else {
+        return;
+    };
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "1")
+        .start()
+        .await;
+    let admin = admin_token();
+
+    // 4001: a token signed with another secret.
+    let bad = mint_with_secret("not-the-gateway-secret", "8", &[], "1h");
+    let mut console = Console::open(&binary, gw.port(), &bad, &admin, (1280, 800)).await;
+    let stopped = console
+        .wait_for(
+            "document.getElementById('state')?.dataset.state === 'token'",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    let state = console.state().await;
+    assert!(
+        stopped,
+        "after 4001 the console should ask for a new token: {state}"
+    );
+    assert!(
+        state.as_str().is_some_and(|s| s.contains("4001")),
+        "the state names the close code: {state}"
+    );
+    let after = console
+        .eval("({ retry: wsConsole.retry, connects: wsConsole.connects.length, focused: document.activeElement?.id })")
+        .await;
+    assert_eq!(
+        after["retry"],
+        Value::Null,
+        "no reconnect is scheduled after 4001: {after}"
+    );
+    assert_eq!(after["connects"], json!(1), "one attempt only: {after}");
+    assert_eq!(
+        after["focused"],
+        json!("token"),
+        "the token field is focused: {after}"
+    );
+    drop(console);
+
+    // 4029: the user's one allowed connection is taken.
+    let _holder = gw.user("9", &[]).await;
+    let mut console =
+        Console::open(&binary, gw.port(), &token("9", &[]), &admin, (1280, 800)).await;
+    let backing_off = console
+        .wait_for(
+            "document.getElementById('state')?.dataset.state === 'reconnecting' && wsConsole.retry?.code === 4029",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    let state = console.state().await;
+    assert!(
+        backing_off,
+        "after 4029 the console should wait to reconnect: {state}"
+    );
+    let retry = console.eval("wsConsole.retry").await;
+    assert_eq!(
+        retry["kind"],
+        json!("long"),
+        "long backoff after 4029: {retry}"
+    );
+    assert!(
+        retry["delay"].as_f64().is_some_and(|d| d >= 10_000.0),
+        "a long backoff is tens of seconds: {retry}"
+    );
 }
