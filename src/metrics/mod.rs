@@ -120,11 +120,6 @@ impl Family {
             .zip(self.counts.iter())
             .map(|(v, c)| (*v, c.load(Relaxed)))
     }
-
-    /// Whether `value` is one of this family's label values.
-    pub fn knows(&self, value: &str) -> bool {
-        self.values.contains(&value)
-    }
 }
 
 /// Every counter of SPEC §8 (gauges are read where they live, at render).
