@@ -29,7 +29,10 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     pub allowed_origins: Vec<String>,
     pub max_message_bytes: usize,
+    /// 0 = derived from the open-files limit (see `effective_max_connections`).
     pub max_connections: usize,
+    /// CIDRs whose `X-Forwarded-For` / `Forwarded` give the client IP.
+    pub trusted_proxies: Vec<String>,
     pub shutdown_drain_secs: u64,
 }
 
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             max_message_bytes: 65536,
             max_connections: 0,
+            trusted_proxies: Vec::new(),
             shutdown_drain_secs: 10,
         }
     }
@@ -56,6 +60,8 @@ pub const DEV_LISTEN: &str = "127.0.0.1:8080";
 pub struct AuthConfig {
     pub secret: String,
     pub secret_file: String,
+    /// HMAC secrets still accepted during a rotation (verify only).
+    pub previous_secrets: Vec<String>,
     pub public_key_file: String,
     pub jwks_file: String,
     pub algorithms: Vec<String>,
@@ -74,6 +80,7 @@ impl Default for AuthConfig {
         Self {
             secret: String::new(),
             secret_file: String::new(),
+            previous_secrets: Vec::new(),
             public_key_file: String::new(),
             jwks_file: String::new(),
             algorithms: vec!["HS256".into()],
@@ -136,7 +143,13 @@ pub struct ConnectionConfig {
     pub ping_interval_secs: u64,
     pub idle_timeout_secs: u64,
     pub send_queue: usize,
+    /// ... or this many bytes queued, whichever comes first.
+    pub send_queue_bytes: usize,
     pub max_connections_per_user: usize,
+    /// Concurrent connections per client IP; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Rooms one connection may subscribe to.
+    pub max_rooms: usize,
     pub connect_rate_per_ip: u32,
     pub client_messages_per_sec: u32,
 }
@@ -147,7 +160,10 @@ impl Default for ConnectionConfig {
             ping_interval_secs: 25,
             idle_timeout_secs: 60,
             send_queue: 1024,
+            send_queue_bytes: 524_288,
             max_connections_per_user: 16,
+            max_connections_per_ip: 0,
+            max_rooms: 64,
             connect_rate_per_ip: 20,
             client_messages_per_sec: 20,
         }
@@ -428,6 +444,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     )?;
     positive("connection.send_queue", c.connection.send_queue as u64)?;
     positive(
+        "connection.send_queue_bytes",
+        c.connection.send_queue_bytes as u64,
+    )?;
+    positive(
         "connection.max_connections_per_user",
         c.connection.max_connections_per_user as u64,
     )?;
@@ -451,7 +471,10 @@ impl Config {
     /// `check-config` and the start-up log.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for secret in [&mut c.auth.secret, &mut c.auth.admin_api_key] {
+        for secret in [&mut c.auth.secret, &mut c.auth.admin_api_key]
+            .into_iter()
+            .chain(c.auth.previous_secrets.iter_mut())
+        {
             if !secret.is_empty() {
                 *secret = REDACTED.into();
             }
@@ -564,6 +587,7 @@ mod tests {
         let mut c = Config::default();
         c.auth.secret = "s3cret".into();
         c.auth.admin_api_key = "k3y".into();
+        c.auth.previous_secrets = vec!["0ld-s3cret".into()];
         c.redis.url = "redis://user:pw@host:6379/0".into();
         let text = c.redacted_toml();
         assert!(!text.contains("s3cret") && !text.contains("k3y") && !text.contains(":pw@"));
