@@ -93,6 +93,7 @@ fn identity(user_id: String) -> Identity {
     Identity {
         user_id,
         roles: vec!["customer".into()],
+        rooms: Vec::new(),
         exp: Some(4_102_444_800),
     }
 }

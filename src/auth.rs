@@ -20,8 +20,43 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Identity {
     pub user_id: String,
     pub roles: Vec<String>,
+    /// Room patterns the user may subscribe to (`*` matches any run of
+    /// characters): the channels claim.
+    pub rooms: Vec<String>,
     /// Expiry (seconds since the epoch), when the token has one.
     pub exp: Option<u64>,
+}
+
+impl Identity {
+    /// Whether a pattern of the channels claim allows `room`.
+    pub fn may_join(&self, room: &str) -> bool {
+        self.rooms.iter().any(|pattern| glob_match(pattern, room))
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else
+/// itself. Iterative, with one backtrack point: linear in practice, never
+/// exponential, whatever a token says.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
 /// Why a token was refused; `code()` is the ERROR code of SPEC §4.
@@ -73,6 +108,7 @@ pub struct Verifier {
     validations: HashMap<Algorithm, Validation>,
     user_claim: String,
     roles_claim: String,
+    channels_claim: String,
     admin_role: String,
     admin_api_key: String,
 }
@@ -139,6 +175,7 @@ impl Verifier {
             validations,
             user_claim: auth.user_claim.clone(),
             roles_claim: auth.roles_claim.clone(),
+            channels_claim: auth.channels_claim.clone(),
             admin_role: auth.admin_role.clone(),
             admin_api_key: auth.admin_api_key.clone(),
         })
@@ -173,18 +210,21 @@ impl Verifier {
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return Err(AuthError::Invalid("the token has no user claim")),
         };
-        let roles = match claims.get(&self.roles_claim) {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
-            _ => Vec::new(),
+        let strings = |claim: &str| -> Vec<String> {
+            match claims.get(claim) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                _ => Vec::new(),
+            }
         };
         let exp = claims.get("exp").and_then(Value::as_u64);
         Ok(Identity {
             user_id,
-            roles,
+            roles: strings(&self.roles_claim),
+            rooms: strings(&self.channels_claim),
             exp,
         })
     }
@@ -328,6 +368,29 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_patterns() {
+        let who = Identity {
+            user_id: "1".into(),
+            roles: Vec::new(),
+            rooms: vec!["household-7".into(), "team-*".into(), "*:public".into()],
+            exp: None,
+        };
+        assert!(who.may_join("household-7"));
+        assert!(!who.may_join("household-70"));
+        assert!(who.may_join("team-"));
+        assert!(who.may_join("team-red"));
+        assert!(!who.may_join("xteam-red"));
+        assert!(who.may_join("a:b:public"));
+        assert!(!who.may_join("a:public:x"));
+        assert!(glob_match("a*b*c", "aXXbYYc") && !glob_match("a*b*c", "aXXbYY"));
+        let long = "a".repeat(10_000);
+        assert!(
+            !glob_match("*a*a*a*a*a*a*b", &long),
+            "no exponential backtracking"
+        );
+    }
 
     #[test]
     fn every_refusal_code_is_counted() {

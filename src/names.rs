@@ -8,6 +8,7 @@ use crate::config::RedisConfig;
 pub struct Names {
     pub user_prefix: String,
     pub role_prefix: String,
+    pub room_prefix: String,
     pub broadcast: String,
     /// This instance's canary channel (SPEC §4).
     pub canary: String,
@@ -20,6 +21,7 @@ impl Names {
         Self {
             user_prefix: redis.user_channel_prefix.clone(),
             role_prefix: redis.role_channel_prefix.clone(),
+            room_prefix: redis.room_channel_prefix.clone(),
             broadcast: redis.broadcast_channel.clone(),
             canary: format!("ws:canary:{instance}"),
             history_prefix: redis.history_key_prefix.clone(),
@@ -38,6 +40,8 @@ impl Names {
             "broadcast"
         } else if channel.starts_with(self.role_prefix.as_str()) {
             "role"
+        } else if channel.starts_with(self.room_prefix.as_str()) {
+            "room"
         } else {
             "user"
         }
@@ -54,5 +58,9 @@ impl Names {
 
     pub fn role(&self, role: &str) -> String {
         format!("{}{role}", self.role_prefix)
+    }
+
+    pub fn room(&self, room: &str) -> String {
+        format!("{}{room}", self.room_prefix)
     }
 }

@@ -134,8 +134,18 @@ fn text_frame(payload: &[u8]) -> Bytes {
 #[derive(Debug, PartialEq)]
 pub enum ClientMessage {
     Ping { ts: Option<Value> },
+    AuthRefresh { token: String },
+    Subscribe { room: String },
+    Unsubscribe { room: String },
     Unknown(String),
 }
+
+/// The longest string `ts` a PONG echoes: an echo must not let a client
+/// make the server queue replies as big as its own messages.
+pub const MAX_TS_BYTES: usize = 64;
+
+/// The longest room name (SPEC §5).
+pub const MAX_ROOM_BYTES: usize = 128;
 
 /// Why a client message was refused, as an ERROR code.
 #[derive(Debug, PartialEq)]
@@ -153,12 +163,52 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ClientError> {
     let Some(kind) = value.get("type").and_then(Value::as_str) else {
         return Err(bad("message must be a JSON object with a string \"type\""));
     };
+    let string = |field: &str| -> Result<String, ClientError> {
+        match value.get(field).and_then(Value::as_str) {
+            Some(s) => Ok(s.to_string()),
+            None => Err(bad(&format!("{kind} needs a string \"{field}\""))),
+        }
+    };
+    let room = || -> Result<String, ClientError> {
+        let room = string("room")?;
+        if valid_room(&room) {
+            Ok(room)
+        } else {
+            Err(bad(&format!(
+                "a room name is 1 to {MAX_ROOM_BYTES} bytes of A-Z a-z 0-9 . _ : -"
+            )))
+        }
+    };
     match kind {
-        "PING" => Ok(ClientMessage::Ping {
-            ts: value.get("ts").cloned(),
+        "PING" => {
+            let ts = value.get("ts").cloned();
+            match &ts {
+                None | Some(Value::Number(_)) => {}
+                Some(Value::String(s)) if s.len() <= MAX_TS_BYTES => {}
+                Some(_) => {
+                    return Err(bad(&format!(
+                        "ts must be a number or a string of at most {MAX_TS_BYTES} bytes"
+                    )))
+                }
+            }
+            Ok(ClientMessage::Ping { ts })
+        }
+        "AUTH_REFRESH" => Ok(ClientMessage::AuthRefresh {
+            token: string("token")?,
         }),
+        "SUBSCRIBE" => Ok(ClientMessage::Subscribe { room: room()? }),
+        "UNSUBSCRIBE" => Ok(ClientMessage::Unsubscribe { room: room()? }),
         other => Ok(ClientMessage::Unknown(other.to_string())),
     }
+}
+
+/// A room name of SPEC §5: 1 to 128 bytes of `[A-Za-z0-9._:-]`.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= MAX_ROOM_BYTES
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Frames the gateway itself sends.
@@ -194,6 +244,23 @@ pub fn pong(ts: Option<Value>) -> Utf8Bytes {
         None => json!({}),
     };
     frame(json!({ "type": "PONG", "data": data }))
+}
+
+/// 60 s before the token's `exp` (SPEC §5).
+pub fn token_expiring(exp: u64) -> Utf8Bytes {
+    frame(json!({ "type": "TOKEN_EXPIRING", "data": { "exp": exp } }))
+}
+
+pub fn auth_refreshed(exp: Option<u64>) -> Utf8Bytes {
+    frame(json!({ "type": "AUTH_REFRESHED", "data": { "exp": exp } }))
+}
+
+pub fn subscribed(room: &str) -> Utf8Bytes {
+    frame(json!({ "type": "SUBSCRIBED", "data": { "room": room } }))
+}
+
+pub fn unsubscribed(room: &str) -> Utf8Bytes {
+    frame(json!({ "type": "UNSUBSCRIBED", "data": { "room": room } }))
 }
 
 pub fn error(code: &str, message: &str) -> Utf8Bytes {
@@ -271,6 +338,43 @@ mod tests {
         assert_eq!(
             parse_client(r#"{"type":"NOPE"}"#),
             Ok(ClientMessage::Unknown("NOPE".into()))
+        );
+        let long_ts = format!(
+            r#"{{"type":"PING","ts":"{}"}}"#,
+            "x".repeat(MAX_TS_BYTES + 1)
+        );
+        assert_eq!(parse_client(&long_ts).unwrap_err().code, "bad_request");
+        let object_ts = r#"{"type":"PING","ts":{"a":[1,2,3]}}"#;
+        assert_eq!(parse_client(object_ts).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse_client(r#"{"type":"PING","ts":"abc"}"#),
+            Ok(ClientMessage::Ping {
+                ts: Some(json!("abc"))
+            })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"SUBSCRIBE","room":"team-7:a.b_c"}"#),
+            Ok(ClientMessage::Subscribe {
+                room: "team-7:a.b_c".into()
+            })
+        );
+        for bad_room in [r#""""#, r#""a b""#, r#""x/y""#, "5"] {
+            let text = format!(r#"{{"type":"UNSUBSCRIBE","room":{bad_room}}}"#);
+            assert_eq!(
+                parse_client(&text).unwrap_err().code,
+                "bad_request",
+                "{text}"
+            );
+        }
+        let long_room = format!(r#"{{"type":"SUBSCRIBE","room":"{}"}}"#, "r".repeat(129));
+        assert_eq!(parse_client(&long_room).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse_client(r#"{"type":"AUTH_REFRESH","token":"t"}"#),
+            Ok(ClientMessage::AuthRefresh { token: "t".into() })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"AUTH_REFRESH"}"#).unwrap_err().code,
+            "bad_request"
         );
         assert_eq!(parse_client("nope").unwrap_err().code, "bad_request");
         assert_eq!(

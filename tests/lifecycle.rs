@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "AUTH_REFRESH comes with the token-lifecycle issue (SPEC §5)"]
 async fn auth_refresh_same_user_then_other_user() {
     let gw = gateway().start().await;
     let mut c = gw.user("42", &[]).await;
@@ -34,7 +33,6 @@ async fn auth_refresh_same_user_then_other_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "AUTH_REFRESH comes with the token-lifecycle issue (SPEC §5)"]
 async fn auth_refresh_with_invalid_token_closes_4001() {
     let gw = gateway().start().await;
     let mut c = gw.user("42", &[]).await;

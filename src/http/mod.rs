@@ -40,7 +40,7 @@ pub struct App {
     pub broker: Arc<dyn Broker>,
     /// The delivery canary's round trips, for the probes.
     pub canary: Arc<Canary>,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub sessions: Arc<Sessions>,
     /// Per-IP connect rate (SPEC §2 `connect_rate_per_ip`); None = unlimited.
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -57,6 +57,7 @@ impl App {
         canary: Arc<Canary>,
         verifier: Verifier,
     ) -> Self {
+        let verifier = Arc::new(verifier);
         let c = &config.connection;
         let sessions = Arc::new(Sessions {
             hub: hub.clone(),
@@ -68,6 +69,9 @@ impl App {
             send_queue: c.send_queue,
             max_message_bytes: config.server.max_message_bytes,
             client_messages_per_sec: c.client_messages_per_sec,
+            verifier: verifier.clone(),
+            leeway: Duration::from_secs(config.auth.leeway_secs),
+            max_rooms: c.max_rooms,
         });
         let connect_limiter = NonZeroU32::new(c.connect_rate_per_ip).map(|rate| {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));

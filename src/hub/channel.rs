@@ -57,6 +57,10 @@ impl Members {
         self.map.len()
     }
 
+    pub fn get(&self, id: ConnId) -> Option<&Arc<Wire>> {
+        self.map.get(&id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

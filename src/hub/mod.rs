@@ -89,6 +89,7 @@ pub struct Registration {
     hub: Hub,
     pub id: ConnId,
     transport: Transport,
+    /// Its user channel first, then roles and rooms.
     channels: Vec<Box<str>>,
     /// Resolves when every channel of this connection is subscribed; taken
     /// (and dropped) by the session once it has waited.
@@ -184,6 +185,53 @@ impl Hub {
             channels,
             ready: Some(ready),
         })
+    }
+
+    /// Adds a registered connection to one more channel (a room, a role
+    /// from a refreshed token). The receiver resolves once the broker has
+    /// confirmed the subscription; None when it was a member already.
+    pub fn join(
+        &self,
+        registration: &mut Registration,
+        channel: Box<str>,
+    ) -> Option<oneshot::Receiver<()>> {
+        if registration.channels.contains(&channel) {
+            return None;
+        }
+        let mut state = lock(&self.shared.state);
+        let wire = state.connections.get(registration.id)?.clone();
+        let entry = state.channels.entry(channel.clone()).or_insert_with(|| {
+            self.shared.desired.want(&channel);
+            Channel::new(crate::publish::unix_millis())
+        });
+        entry.members.insert(registration.id, wire);
+        drop(state);
+        let ready = self
+            .shared
+            .desired
+            .confirmation(std::slice::from_ref(&channel));
+        registration.channels.push(channel);
+        Some(ready)
+    }
+
+    /// Takes a registered connection out of one channel it joined; never its
+    /// user channel.
+    pub fn leave(&self, registration: &mut Registration, channel: &str) {
+        let Some(i) = registration.channels.iter().position(|c| &**c == channel) else {
+            return;
+        };
+        if i == 0 {
+            return;
+        }
+        registration.channels.remove(i);
+        let mut state = lock(&self.shared.state);
+        if let Some(entry) = state.channels.get_mut(channel) {
+            entry.members.remove(registration.id);
+            if entry.members.is_empty() {
+                state.channels.remove(channel);
+                self.shared.desired.unwant(channel);
+            }
+        }
     }
 
     fn unregister(&self, id: ConnId, transport: Transport, channels: &[Box<str>]) {
@@ -416,6 +464,7 @@ mod tests {
         Identity {
             user_id: user.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            rooms: Vec::new(),
             exp: None,
         }
     }

@@ -49,6 +49,8 @@ pub const CLOSE_REASONS: &[&str] = &[
     "invalid_utf8",
     "protocol_error",
     "abuse",
+    "token_expired",
+    "refresh_refused",
 ];
 
 /// Why a handshake was refused (`handshake_rejections_total{reason}`): the
@@ -74,7 +76,15 @@ pub const DROP_REASONS: &[&str] = &["invalid_payload", "too_large", "slow_consum
 
 /// What a client sent (`client_messages_total{type}`): its `type`, or
 /// `unknown`, `invalid` (not a message), `rate_limited` (not read).
-pub const CLIENT_MESSAGE_TYPES: &[&str] = &["PING", "unknown", "invalid", "rate_limited"];
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
+    "PING",
+    "AUTH_REFRESH",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "unknown",
+    "invalid",
+    "rate_limited",
+];
 
 /// Counters of one label, one per value of a fixed list.
 pub struct Family {

@@ -1,6 +1,7 @@
-//! A connection's deadlines: the server's heartbeat (a Ping every
-//! `ping_interval_secs`, a close when nothing arrived from the client for
-//! `idle_timeout_secs`), on one timer. The token's expiry comes here next.
+//! A connection's deadlines, on one timer: the server's heartbeat (a Ping
+//! every `ping_interval_secs`, a close when nothing arrived from the client
+//! for `idle_timeout_secs`) and the token's expiry (TOKEN_EXPIRING 60 s
+//! before `exp`, a close with 4001 at `exp` + leeway; SPEC §5).
 
 use std::time::Duration;
 
@@ -11,6 +12,18 @@ pub struct Heartbeat {
     idle: Duration,
     next_ping: tokio::time::Instant,
     last_heard: tokio::time::Instant,
+    expiry: Option<Expiry>,
+}
+
+/// How long before `exp` the client is told its token is expiring.
+pub const EXPIRY_NOTICE: Duration = Duration::from_secs(60);
+
+/// The token's deadlines.
+struct Expiry {
+    exp: u64,
+    /// When TOKEN_EXPIRING is due; None once sent.
+    notice_at: Option<tokio::time::Instant>,
+    close_at: tokio::time::Instant,
 }
 
 /// What the heartbeat timer found due.
@@ -18,6 +31,10 @@ pub struct Heartbeat {
 pub enum Beat {
     Ping,
     Idle,
+    /// Send TOKEN_EXPIRING with this `exp`.
+    Expiring(u64),
+    /// `exp` + leeway passed: close with 4001.
+    Expired,
 }
 
 impl Heartbeat {
@@ -28,7 +45,23 @@ impl Heartbeat {
             idle,
             next_ping: now + interval,
             last_heard: now,
+            expiry: None,
         }
+    }
+
+    /// The token's expiry (seconds since the epoch; None: it never
+    /// expires), replacing any earlier one.
+    pub fn expire_at(&mut self, exp: Option<u64>, leeway: Duration) {
+        self.expiry = exp.map(|exp| {
+            let now = tokio::time::Instant::now();
+            let left_ms = (exp * 1000).saturating_sub(crate::publish::unix_millis());
+            let at_exp = now + Duration::from_millis(left_ms);
+            Expiry {
+                exp,
+                notice_at: Some(at_exp.checked_sub(EXPIRY_NOTICE).unwrap_or(now).max(now)),
+                close_at: at_exp + leeway,
+            }
+        });
     }
 
     pub fn heard_from_client(&mut self) {
@@ -36,11 +69,26 @@ impl Heartbeat {
     }
 
     pub fn next_deadline(&self) -> tokio::time::Instant {
-        self.next_ping.min(self.last_heard + self.idle)
+        let heartbeat = self.next_ping.min(self.last_heard + self.idle);
+        match &self.expiry {
+            Some(e) => heartbeat
+                .min(e.close_at)
+                .min(e.notice_at.unwrap_or(e.close_at)),
+            None => heartbeat,
+        }
     }
 
     /// What is due at `now`; a ping due moves the next one an interval on.
     pub fn due(&mut self, now: tokio::time::Instant) -> Option<Beat> {
+        if let Some(e) = &mut self.expiry {
+            if now >= e.close_at {
+                return Some(Beat::Expired);
+            }
+            if e.notice_at.is_some_and(|at| now >= at) {
+                e.notice_at = None;
+                return Some(Beat::Expiring(e.exp));
+            }
+        }
         if now >= self.last_heard + self.idle {
             return Some(Beat::Idle);
         }
@@ -70,5 +118,32 @@ mod tests {
         assert_eq!(hb.due(start + Duration::from_secs(6)), Some(Beat::Ping));
         assert_eq!(hb.due(start + Duration::from_secs(7)), None);
         assert_eq!(hb.due(start + Duration::from_secs(8)), Some(Beat::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_notice_then_close_and_a_refresh_moves_them() {
+        let hour = Duration::from_secs(3600);
+        let mut hb = Heartbeat::new(hour, hour);
+        let start = tokio::time::Instant::now();
+        let exp = crate::publish::unix_millis() / 1000 + 120;
+        hb.expire_at(Some(exp), Duration::from_secs(5));
+        let notice = hb.next_deadline();
+        assert!(
+            notice <= start + Duration::from_secs(60) && notice > start + Duration::from_secs(58)
+        );
+        assert_eq!(hb.due(notice), Some(Beat::Expiring(exp)));
+        let close = hb.next_deadline();
+        assert!(
+            close > start + Duration::from_secs(123) && close <= start + Duration::from_secs(125)
+        );
+        assert_eq!(hb.due(close - Duration::from_secs(1)), None);
+        // A refresh with a later exp moves both.
+        hb.expire_at(Some(exp + 600), Duration::from_secs(5));
+        assert_eq!(hb.due(close), None);
+        hb.expire_at(None, Duration::from_secs(5));
+        assert_eq!(hb.next_deadline(), start + hour);
+        // A token that expires within the notice period is told at once.
+        hb.expire_at(Some(exp - 100), Duration::ZERO);
+        assert_eq!(hb.due(start), Some(Beat::Expiring(exp - 100)));
     }
 }

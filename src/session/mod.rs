@@ -4,25 +4,29 @@
 //! [`websocket`] is today's (Socket.IO and SSE come next, SPEC §11, §12);
 //! client commands live in [`commands`], deadlines in [`deadlines`].
 
+mod access;
 mod commands;
 mod deadlines;
 mod websocket;
 
-use crate::auth::{AuthError, Identity};
+use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::Broker;
 use crate::hub::{Hub, Refused};
+use crate::logsafe::Escaped;
 use crate::metrics::Transport;
 use crate::protocol::{self, close};
 use crate::resume::{self, Horizon, Point, Replay};
 use crate::wire::Wire;
+use access::Access;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// How long a new connection waits for its channels to be subscribed before
-/// it is told CONNECTED anyway (the broker may be reconnecting).
+/// How long a new connection (or a room) waits for its channels to be
+/// subscribed before it is told CONNECTED (SUBSCRIBED) anyway: the broker
+/// may be reconnecting.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
 /// What every session of the instance shares: the hub, the broker (for
@@ -39,6 +43,11 @@ pub struct Sessions {
     pub max_message_bytes: usize,
     /// Client messages per second (burst twice that); 0 = unlimited.
     pub client_messages_per_sec: u32,
+    /// Checks the tokens of AUTH_REFRESH.
+    pub verifier: Arc<Verifier>,
+    /// How long after `exp` a connection without a refresh is closed.
+    pub leeway: Duration,
+    pub max_rooms: usize,
 }
 
 /// Why a session ended: the close log line's `reason` and `code`, and
@@ -57,6 +66,10 @@ pub(crate) enum End {
     InvalidUtf8,
     ProtocolError,
     Abuse,
+    /// The token expired (plus leeway) without a refresh.
+    TokenExpired,
+    /// AUTH_REFRESH with an invalid token or another user's.
+    RefreshRefused,
 }
 
 impl End {
@@ -73,6 +86,8 @@ impl End {
             End::InvalidUtf8 => "invalid_utf8",
             End::ProtocolError => "protocol_error",
             End::Abuse => "abuse",
+            End::TokenExpired => "token_expired",
+            End::RefreshRefused => "refresh_refused",
         }
     }
 
@@ -88,6 +103,7 @@ impl End {
             End::InvalidUtf8 => Some(close::INVALID_UTF8),
             End::ProtocolError => Some(close::PROTOCOL_ERROR),
             End::Abuse => Some(close::POLICY_VIOLATION),
+            End::TokenExpired | End::RefreshRefused => Some(close::INVALID_TOKEN),
         }
     }
 }
@@ -116,10 +132,11 @@ pub async fn run(
             return;
         }
     };
+    let user = Escaped(&who.user_id).to_string();
     let mut registration = match hub.register(&who, wire.clone(), Transport::WebSocket) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
-            tracing::info!(reason = "too_many_connections", user = %who.user_id, %ip, "handshake refused");
+            tracing::info!(reason = "too_many_connections", user = %user, %ip, "handshake refused");
             stats.handshake_rejections.add("too_many_connections", 1);
             let message = "this user has too many open connections";
             websocket::refuse(
@@ -136,7 +153,7 @@ pub async fn run(
     // are held by the wire until CONNECTED and the replay are out.
     if let Some(ready) = registration.ready.take() {
         if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
-            tracing::warn!(user = %who.user_id, "subscription not confirmed in time; connecting anyway");
+            tracing::warn!(user = %user, "subscription not confirmed in time; connecting anyway");
         }
     }
     // The client's resume point until its first message (SPEC §4).
@@ -148,7 +165,7 @@ pub async fn run(
     let connection_id = registration.id.to_string();
     let started = Instant::now();
     tracing::info!(
-        user = %who.user_id,
+        user = %user,
         connection = %connection_id,
         %ip,
         recovered = replay.as_ref().map(|r| r.recovered),
@@ -173,14 +190,15 @@ pub async fn run(
         let count = replayed.len() as u64;
         stats.replayed_messages.fetch_add(count, Relaxed);
         wire.release(&replayed);
-        websocket::serve(&mut ws, &wire, &sessions).await
+        let mut access = Access::new(who, registration);
+        websocket::serve(&mut ws, &wire, &sessions, &mut access).await
     } else {
+        drop(registration);
         End::ClientGone
     };
-    drop(registration);
     stats.connections_closed.add(end.reason(), 1);
     tracing::info!(
-        user = %who.user_id,
+        user = %user,
         connection = %connection_id,
         duration_ms = started.elapsed().as_millis() as u64,
         reason = %end.reason(),
@@ -229,6 +247,8 @@ mod tests {
             End::InvalidUtf8,
             End::ProtocolError,
             End::Abuse,
+            End::TokenExpired,
+            End::RefreshRefused,
         ];
         let reasons: Vec<&str> = ends.iter().map(|e| e.reason()).collect();
         assert_eq!(reasons, metrics::CLOSE_REASONS);

@@ -4,7 +4,8 @@
 //! right code. Published messages do not pass through here: the fan-out
 //! writes them to the wire directly.
 
-use super::commands::{Commands, Verdict};
+use super::access::{Access, Refusal};
+use super::commands::{Action, Commands, Verdict};
 use super::deadlines::{Beat, Heartbeat};
 use super::{End, Sessions};
 use crate::protocol::{self, close};
@@ -56,8 +57,8 @@ pub async fn send(ws: &mut Ws, text: Utf8Bytes) -> bool {
 /// The session loop: flushes what the fan-out could not write at once,
 /// answers the client, keeps the heartbeat. Returns why it ended, after the
 /// close handshake.
-pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
-    let end = session_loop(ws, wire, cfg).await;
+pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access) -> End {
+    let end = session_loop(ws, wire, cfg, access).await;
     // A client that goes away after the server closed its wire (a slow
     // consumer, a drain) ends for the server's reason, not its own.
     match (end, wire.closed()) {
@@ -67,8 +68,9 @@ pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
     }
 }
 
-async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
+async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access) -> End {
     let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
+    heartbeat.expire_at(access.who.exp, cfg.leeway);
     // One timer for both the ping and the idle deadline: fewer timers to
     // poll on every wake-up, and none to reset on every client frame.
     let timer = tokio::time::sleep_until(heartbeat.next_deadline());
@@ -99,6 +101,12 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
                         Verdict::Reply(reply) => if !send(ws, reply).await {
                             return End::ClientGone;
                         }
+                        Verdict::Act(action) => {
+                            if let Some(end) = act(ws, action, access, cfg, &mut heartbeat, &mut commands).await {
+                                return end;
+                            }
+                            timer.as_mut().reset(heartbeat.next_deadline());
+                        }
                     },
                     Some(Ok(Message::Binary(_))) => return close_for(ws, End::BinaryFrame).await,
                     // Pings are answered by tungstenite on the next read.
@@ -119,15 +127,58 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions) -> End {
             () = &mut timer => {
                 match heartbeat.due(tokio::time::Instant::now()) {
                     Some(Beat::Idle) => return close_for(ws, End::IdleTimeout).await,
+                    Some(Beat::Expired) => return close_for(ws, End::TokenExpired).await,
+                    Some(Beat::Expiring(exp)) if !send(ws, protocol::token_expiring(exp)).await => {
+                        return End::ClientGone;
+                    }
                     Some(Beat::Ping) if ws.feed(Message::Ping(Default::default())).await.is_err() => {
                         return End::ClientGone;
                     }
-                    Some(Beat::Ping) | None => {}
+                    Some(Beat::Ping | Beat::Expiring(_)) | None => {}
                 }
                 timer.as_mut().reset(heartbeat.next_deadline());
             }
         }
     }
+}
+
+/// Carries out a command that changes what the connection is or receives,
+/// and sends its answer; `Some` when that ends the session.
+async fn act(
+    ws: &mut Ws,
+    action: Action,
+    access: &mut Access,
+    cfg: &Sessions,
+    heartbeat: &mut Heartbeat,
+    commands: &mut Commands,
+) -> Option<End> {
+    let frames = match action {
+        Action::Refresh { token } => match access.refresh(&token, cfg).await {
+            Ok(frames) => {
+                heartbeat.expire_at(access.who.exp, cfg.leeway);
+                frames
+            }
+            Err(Refusal(error)) => {
+                send(ws, error).await;
+                return Some(close_for(ws, End::RefreshRefused).await);
+            }
+        },
+        Action::Subscribe { room } => match access.subscribe(&room, cfg).await {
+            Ok(subscribed) => vec![subscribed],
+            Err(Refusal(error)) if commands.refused() => {
+                send(ws, error).await;
+                return Some(close_for(ws, End::Abuse).await);
+            }
+            Err(Refusal(error)) => vec![error],
+        },
+        Action::Unsubscribe { room } => vec![access.unsubscribe(&room, cfg)],
+    };
+    for frame in frames {
+        if !send(ws, frame).await {
+            return Some(End::ClientGone);
+        }
+    }
+    None
 }
 
 /// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
