@@ -16,7 +16,7 @@ use ws_gateway::hub::{Hub, Registration};
 use ws_gateway::metrics::Transport;
 use ws_gateway::names::Names;
 use ws_gateway::protocol::validate_published;
-use ws_gateway::wire::Wire;
+use ws_gateway::wire::{Limits, Wire};
 
 /// The per-connection queue size of the default config (`connection.send_queue`).
 const SEND_QUEUE: usize = 1024;
@@ -105,7 +105,8 @@ fn socket_pair(rt: &tokio::runtime::Runtime, hub: &Hub) -> (Arc<Wire>, TcpStream
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"));
         let (server, client) = tokio::join!(listener.accept(), client);
-        let wire = Wire::new(server.expect("accept").0, SEND_QUEUE, hub.stats().clone());
+        let limits = Limits::new(SEND_QUEUE, usize::MAX);
+        let wire = Wire::new(server.expect("accept").0, limits, hub.stats().clone());
         wire.release(&[]);
         (wire, client.expect("connect"))
     })

@@ -87,3 +87,34 @@ async fn stalled_connection_gets_4008_and_the_other_gets_everything() {
         gw.stats().await
     );
 }
+
+/// The probe: with the default limits (1,024 messages, 512 KiB), 1 MiB
+/// messages to a client that reads nothing used to queue up to 1 GiB. Now
+/// the bytes limit makes it a slow consumer after a few, and it reads its
+/// 4008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_messages_to_a_stalled_client_are_bounded_in_bytes() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut stalled = gw.user("9", &[]).await;
+    redis.wait_numsub("ws:user:9", 1).await;
+    let pad = "x".repeat(1000 * 1000);
+    let mut conn = redis.conn().await;
+    // 40 MB: far more than socket buffers and 512 KiB, far fewer than 1,024.
+    for n in 0..40 {
+        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
+        conn.publish("ws:user:9", msg.as_bytes()).await;
+    }
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        gw.stats().await["slow_consumer_disconnects"].as_u64() == Some(1)
+    })
+    .await;
+    assert!(ok, "no slow consumer: {}", gw.stats().await);
+    let (texts, code, got_close) = stalled.read_until_close(Duration::from_secs(30)).await;
+    assert!(texts.len() < 40, "got all {} messages", texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(seq_of(t), i as u64, "in order, no gap");
+    }
+    assert!(got_close, "the stream ended without a Close frame");
+    assert_eq!(code, Some(4008));
+}

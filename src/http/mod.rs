@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Gauges;
 use crate::session::Sessions;
+use crate::wire::Limits;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -66,7 +67,7 @@ impl App {
             history_ttl: Duration::from_secs(config.redis.history_ttl_secs),
             ping_interval: Duration::from_secs(c.ping_interval_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
-            send_queue: c.send_queue,
+            send_queue: Limits::new(c.send_queue, c.send_queue_bytes),
             max_message_bytes: config.server.max_message_bytes,
             client_messages_per_sec: c.client_messages_per_sec,
             verifier: verifier.clone(),

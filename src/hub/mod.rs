@@ -450,6 +450,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Limits;
 
     fn hub(max_per_user: usize) -> Hub {
         Hub::new(
@@ -475,7 +476,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (server, client) = tokio::join!(listener.accept(), client);
-        let wire = Wire::new(server.unwrap().0, 8, stats.clone());
+        let wire = Wire::new(server.unwrap().0, Limits::new(8, usize::MAX), stats.clone());
         wire.release(&[]);
         (wire, client.unwrap())
     }

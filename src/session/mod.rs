@@ -16,7 +16,7 @@ use crate::logsafe::Escaped;
 use crate::metrics::Transport;
 use crate::protocol::{self, close};
 use crate::resume::{self, Horizon, Point, Replay};
-use crate::wire::Wire;
+use crate::wire::{Limits, Wire};
 use access::Access;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,7 +39,8 @@ pub struct Sessions {
     pub history_ttl: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
-    pub send_queue: usize,
+    /// What a connection's queue holds before it is a slow consumer.
+    pub send_queue: Limits,
     pub max_message_bytes: usize,
     /// Client messages per second (burst twice that); 0 = unlimited.
     pub client_messages_per_sec: u32,

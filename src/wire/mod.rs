@@ -39,6 +39,7 @@ pub(crate) use stream::WireStream;
 use crate::lock;
 use crate::metrics::Stats;
 use crate::protocol::Published;
+pub use outbox::Limits;
 use outbox::{frame_of, Flushed, Outbox};
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -76,12 +77,12 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// `capacity`: published messages queued before the client counts as a
-    /// slow consumer. Live messages are held until [`Wire::release`].
-    pub fn new(socket: TcpStream, capacity: usize, stats: Arc<Stats>) -> Arc<Self> {
+    /// `limits`: what may be queued before the client counts as a slow
+    /// consumer. Live messages are held until [`Wire::release`].
+    pub fn new(socket: TcpStream, limits: Limits, stats: Arc<Stats>) -> Arc<Self> {
         Arc::new(Self {
             socket,
-            state: Mutex::new(Outbox::new(capacity)),
+            state: Mutex::new(Outbox::new(limits)),
             notify: Notify::new(),
             stats,
         })
@@ -181,7 +182,7 @@ mod tests {
     async fn held_messages_follow_the_replay_in_order() {
         let (server, mut client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, 16, stats.clone());
+        let wire = Wire::new(server, Limits::new(16, usize::MAX), stats.clone());
         wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)]);
         wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#));
         wire.release(&[]);
@@ -204,7 +205,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, 4, stats.clone());
+        let wire = Wire::new(server, Limits::new(4, usize::MAX), stats.clone());
         wire.release(&[]);
         // Fill the socket until a message stays queued; the replies queue
         // behind it.
@@ -239,7 +240,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (server, mut client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, 1024, stats.clone());
+        let wire = Wire::new(server, Limits::new(1024, usize::MAX), stats.clone());
         wire.release(&[]);
         let big = message(&format!(
             r#"{{"type":"X","pad":"{}"}}"#,
@@ -270,7 +271,7 @@ mod tests {
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
         // Held until release, like a client whose socket takes nothing.
-        let wire = Wire::new(server, 2, stats.clone());
+        let wire = Wire::new(server, Limits::new(2, usize::MAX), stats.clone());
         let m = [message(r#"{"type":"X"}"#)];
         assert_eq!(wire.deliver(&m), Push::Queued);
         assert_eq!(wire.deliver(&m), Push::Queued);
@@ -281,5 +282,27 @@ mod tests {
         // dropped, the one after the close never counted.
         assert_eq!(stats.slow_consumer_disconnects.load(Relaxed), 1);
         assert_eq!(stats.messages_dropped.get("slow_consumer"), 3);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let (server, _client) = pair().await;
+        let stats = Arc::new(Stats::default());
+        // Held until release, like a client whose socket takes nothing.
+        let wire = Wire::new(server, Limits::new(1024, 4096), stats.clone());
+        let m = [message(&format!(
+            r#"{{"type":"X","pad":"{}"}}"#,
+            "a".repeat(1000)
+        ))];
+        let mut accepted = 0;
+        while wire.deliver(&m) == Push::Queued {
+            accepted += 1;
+            assert!(accepted < 100, "never overflowed");
+        }
+        // Four 1025-byte frames pass 4096 bytes: the fifth overflows.
+        assert_eq!(m[0].frame.len(), 1025);
+        assert_eq!(accepted, 4);
+        assert_eq!(wire.closed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(stats.messages_dropped.get("slow_consumer"), 5);
     }
 }

@@ -1,7 +1,8 @@
 //! What a connection's queue accepts: the policy between the fan-out and
 //! the socket writer ([`writev`](super::writev)). Published messages count
-//! against `capacity` (past it the client is a slow consumer: close 4008,
-//! the queue dropped); so do replies, when a client sends but never reads;
+//! against the [`Limits`] (a number of messages and of bytes: past either
+//! the client is a slow consumer: close 4008, the queue dropped); so do
+//! replies, when a client sends but never reads;
 //! live messages are held until the session has sent CONNECTED and any
 //! replay, then filtered against that replay. Conflation would be one more
 //! rule here.
@@ -22,9 +23,12 @@ pub(super) struct Outbox {
     /// Bytes accepted and not yet written, oldest first.
     pending: VecDeque<Chunk>,
     /// Published messages in `pending` and held by the gate, against
-    /// `capacity`.
-    queued: usize,
-    capacity: usize,
+    /// `limits.messages`.
+    queued: u32,
+    /// Bytes in `pending` not yet written and held by the gate, against
+    /// `limits.bytes`.
+    queued_bytes: u32,
+    limits: Limits,
     closed: Option<CloseReason>,
     /// Holds live messages until the session has sent CONNECTED and any
     /// replay, then drops live copies of what the replay sent.
@@ -41,6 +45,11 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// The bytes still to write.
+    fn left(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
     /// The chunk to queue, with `written` bytes already sent.
     fn of(out: Out<'_>, written: usize) -> Chunk {
         let (bytes, message) = match out {
@@ -59,6 +68,28 @@ pub(super) fn frame_of(published: &Arc<Published>) -> Out<'_> {
     Out::Message(&published.frame)
 }
 
+/// How much a connection's queue holds before the client counts as a slow
+/// consumer (`connection.send_queue`, `connection.send_queue_bytes`).
+/// Queueing stops once either is reached, so a queue holds at most
+/// `bytes` plus one message (a message bigger than `bytes` still goes).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub messages: u32,
+    pub bytes: u32,
+}
+
+impl Limits {
+    /// From the configuration; values past `u32::MAX` are as good as
+    /// unbounded.
+    pub fn new(messages: usize, bytes: usize) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            messages: clamp(messages),
+            bytes: clamp(bytes),
+        }
+    }
+}
+
 /// What a write attempt under the lock achieved.
 pub(super) enum Flushed {
     All,
@@ -67,12 +98,13 @@ pub(super) enum Flushed {
 
 impl Outbox {
     /// Holds live messages until [`Outbox::release`].
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(limits: Limits) -> Self {
         Self {
             // Allocated on first use: an idle connection costs nothing here.
             pending: VecDeque::new(),
             queued: 0,
-            capacity,
+            queued_bytes: 0,
+            limits,
             closed: None,
             gate: Gate::holding(),
         }
@@ -87,8 +119,30 @@ impl Outbox {
         stats: &Stats,
     ) -> (Push, bool) {
         let held = self.gate.open(replayed);
-        self.queued -= held.len().min(self.queued);
+        self.recount();
         self.deliver(socket, &held, stats)
+    }
+
+    /// Counts what `pending` holds (the gate holds nothing any more).
+    fn recount(&mut self) {
+        let messages = self.pending.iter().filter(|c| c.message).count();
+        let bytes: usize = self.pending.iter().map(Chunk::left).sum();
+        self.queued = u32::try_from(messages).unwrap_or(u32::MAX);
+        self.queued_bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    }
+
+    /// Whether the queue is at a limit: nothing more may join it.
+    fn full(&self) -> bool {
+        self.queued >= self.limits.messages || self.queued_bytes >= self.limits.bytes
+    }
+
+    fn enqueue(&mut self, chunk: Chunk) {
+        let left = u32::try_from(chunk.left()).unwrap_or(u32::MAX);
+        self.queued_bytes = self.queued_bytes.saturating_add(left);
+        if chunk.message {
+            self.queued += 1;
+        }
+        self.pending.push_back(chunk);
     }
 
     /// Closes (unless already closing): the session sees it on its next wake.
@@ -116,6 +170,8 @@ impl Outbox {
             let Some(mut n) = writev::write_queued(socket, tails)? else {
                 return Ok(Flushed::Blocked);
             };
+            let written = u32::try_from(n).unwrap_or(u32::MAX);
+            self.queued_bytes = self.queued_bytes.saturating_sub(written);
             while n > 0 {
                 let Some(front) = self.pending.front_mut() else {
                     break;
@@ -156,19 +212,19 @@ impl Outbox {
         while let Some(out) = unwritten.next() {
             let chunk = Chunk::of(out, std::mem::take(&mut partial));
             // A started frame is always kept: the stream must not break.
-            if chunk.message && chunk.written == 0 && self.queued >= self.capacity {
+            if chunk.message && chunk.written == 0 && self.full() {
                 let unsent = 1 + unwritten.filter(|o| matches!(o, Out::Message(_))).count();
                 self.overflow(stats, unsent);
                 return (Push::Overflowed, true);
             }
-            if chunk.message {
-                self.queued += 1;
-            } else if self.pending.len() >= self.capacity && self.closed.is_none() {
+            let replies_full = self.pending.len() >= self.limits.messages as usize
+                || self.queued_bytes >= self.limits.bytes;
+            if !chunk.message && replies_full && self.closed.is_none() {
                 // A client that sends but never reads piles up our replies:
                 // bounded like published messages.
                 self.overflow(stats, 0);
             }
-            self.pending.push_back(chunk);
+            self.enqueue(chunk);
         }
         (Push::Queued, was_empty && !self.pending.is_empty())
     }
@@ -191,12 +247,14 @@ impl Outbox {
         let mut wake = false;
         for (i, published) in messages.iter().enumerate() {
             match self.gate.admit(published) {
-                Admit::Held if self.queued >= self.capacity => {
+                Admit::Held if self.full() => {
                     self.overflow(stats, messages.len() - i);
                     return (Push::Overflowed, true);
                 }
                 Admit::Held => {
+                    let bytes = u32::try_from(published.frame.len()).unwrap_or(u32::MAX);
                     self.queued += 1;
+                    self.queued_bytes = self.queued_bytes.saturating_add(bytes);
                     continue;
                 }
                 Admit::Duplicate => continue,
@@ -228,8 +286,8 @@ impl Outbox {
         }
         stats
             .messages_dropped
-            .add("slow_consumer", (self.queued + unsent) as u64);
+            .add("slow_consumer", u64::from(self.queued) + unsent as u64);
         self.gate.discard();
-        self.queued = 0;
+        self.recount();
     }
 }
