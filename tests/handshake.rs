@@ -135,6 +135,36 @@ async fn max_connections_per_instance() {
     assert!(freed, "no capacity after the first connection closed");
 }
 
+/// The probe: upgrades without a token held capacity slots for ~20 s (the
+/// refusal waited 10 s to write its ERROR and 10 s for the close reply),
+/// so clients with credentials got 503 meanwhile. A refusal must release
+/// its slot quickly, even when the client never reads or answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_less_upgrades_release_their_slots_quickly() {
+    let gw = gateway()
+        .in_process()
+        .env("GATEWAY_SERVER_MAX_CONNECTIONS", "5")
+        .start()
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        // Upgraded, then never read from: it does not answer the close.
+        silent.push(gw.connect_raw(&ConnectOpts::none()).await.expect("upgrade"));
+    }
+    let opts = ConnectOpts::token(&token("42", &[]));
+    let started = std::time::Instant::now();
+    let served = wait_until(Duration::from_secs(5), || async {
+        gw.connect_raw(&opts).await.is_ok()
+    })
+    .await;
+    assert!(
+        served,
+        "a client with a token still got 503 after {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refusals_after_upgrade() {
     let gw = gateway().in_process().start().await;

@@ -35,11 +35,12 @@ async fn without_a_refresh_the_connection_closes_with_4001_at_exp() {
     assert!(got_close);
     assert_eq!(code, Some(4001));
     assert!(now_secs() >= exp, "closed before exp");
-    let stats = gw.get("/metrics").await.text();
-    assert!(
-        stats.contains(r#"ws_gateway_connections_closed_total{reason="token_expired"} 1"#),
-        "{stats}"
-    );
+    let counted = wait_until(WAIT_TIMEOUT, || async {
+        let metrics = gw.get("/metrics").await.text();
+        metrics.contains(r#"ws_gateway_connections_closed_total{reason="token_expired"} 1"#)
+    })
+    .await;
+    assert!(counted, "{}", gw.get("/metrics").await.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

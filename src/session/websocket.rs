@@ -23,6 +23,10 @@ pub type Ws = WebSocketStream<WireStream>;
 /// How long a closing handshake may take before the socket is dropped. Long
 /// enough for a stalled client that wakes up to still read its close code.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a refusal after the upgrade may take to write and close.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+/// How long a closed connection reads what its client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// tungstenite's buffers, sized for many mostly idle connections: its
 /// defaults (128 KiB read buffer allocated up front, unbounded write
@@ -182,28 +186,34 @@ async fn act(
 }
 
 /// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
+/// Cheap: a client without credentials holds its capacity slot for at most
+/// [`REFUSAL_GRACE`] (twice, with the linger), however it behaves.
 pub async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
-    let sent = tokio::time::timeout(
-        CLOSE_GRACE,
-        ws.send(Message::Text(protocol::error(code, message))),
-    )
-    .await;
-    if matches!(sent, Ok(Ok(()))) {
-        close_with(&mut ws, close_code, code).await;
-    }
+    let refusal = async {
+        if ws
+            .send(Message::Text(protocol::error(code, message)))
+            .await
+            .is_ok()
+        {
+            close_with(&mut ws, close_code, code, REFUSAL_GRACE).await;
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_GRACE, refusal).await;
+    ws.get_ref().wire().linger(REFUSAL_GRACE).await;
 }
 
 /// Closes with `end`'s code and reason: the session's end.
 async fn close_for(ws: &mut Ws, end: End) -> End {
     // Every end the server closes for has a code.
     let code = end.code().unwrap_or(close::GOING_AWAY);
-    close_with(ws, code, end.reason()).await;
+    close_with(ws, code, end.reason(), CLOSE_GRACE).await;
+    ws.get_ref().wire().linger(LINGER).await;
     end
 }
 
 /// Starts the closing handshake with `code` and waits (bounded) for the
 /// client's reply, so the client reads the code before the socket goes.
-async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+async fn close_with(ws: &mut Ws, code: u16, reason: &str, grace: Duration) {
     let frame = CloseFrame {
         code: protocol::close_code(code),
         reason: reason.into(),
@@ -213,5 +223,5 @@ async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
         while ws.next().await.is_some() {}
         Ok::<(), WsError>(())
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
+    let _ = tokio::time::timeout(grace, handshake).await;
 }

@@ -47,6 +47,9 @@ use std::task::{ready, Context, Poll};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+/// The most a closing connection reads and discards ([`Wire::linger`]).
+pub const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Why the server closes a connection from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -155,6 +158,30 @@ impl Wire {
 
     pub async fn flush(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// The last thing before the socket is dropped: stop writing (the peer
+    /// gets a FIN after what was sent, the close frame included) and read
+    /// and discard what the client still sends, for at most `limit` and
+    /// [`LINGER_MAX_BYTES`]. Dropping a socket with unread input makes the
+    /// kernel answer with a reset, which destroys the close frame in
+    /// flight: a client that sent an oversized frame would never read its
+    /// 1009.
+    pub async fn linger(&self, limit: std::time::Duration) {
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Write);
+        let drain = async {
+            let mut scratch = [0u8; 16 * 1024];
+            let mut left = LINGER_MAX_BYTES;
+            while left > 0 && self.socket.readable().await.is_ok() {
+                match self.socket.try_read(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
     }
 }
 

@@ -20,6 +20,10 @@ impl WireStream {
     pub fn new(wire: Arc<Wire>) -> Self {
         Self { wire }
     }
+
+    pub fn wire(&self) -> &Wire {
+        &self.wire
+    }
 }
 
 impl AsyncRead for WireStream {
