@@ -1,7 +1,9 @@
 //! Token verification (SPEC §4), admin checks (§7) and token minting for
 //! the `token` command and dev mode.
 //!
-//! Keys are loaded once at start-up. A token's header names its algorithm;
+//! Keys are loaded at start-up and again on SIGHUP ([`Verifier::reload`]:
+//! a bad file keeps the old keys). HMAC tokens may also be signed with one
+//! of `auth.previous_secrets` during a rotation. A token's header names its algorithm;
 //! it must be one of `auth.algorithms`, and the key is chosen by that
 //! algorithm's family (HMAC secret, PEM public key, or the JWKS entry named
 //! by `kid`), so a token can never pick a weaker key than configured. `none`
@@ -13,6 +15,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Who a verified token belongs to.
@@ -100,10 +103,10 @@ pub enum Admin {
 
 /// Verifies tokens with the configured keys and claims.
 pub struct Verifier {
-    hmac: Option<DecodingKey>,
-    public_key: Option<DecodingKey>,
-    /// JWKS keys by `kid`, converted once at start-up.
-    jwks: HashMap<String, DecodingKey>,
+    /// Swapped whole by a reload; read (an `Arc` clone) once per token.
+    keys: RwLock<Arc<Keys>>,
+    /// Where the keys come from, for a reload.
+    auth: AuthConfig,
     /// One validation per accepted algorithm, built once.
     validations: HashMap<Algorithm, Validation>,
     user_claim: String,
@@ -113,11 +116,31 @@ pub struct Verifier {
     admin_api_key: String,
 }
 
-impl Verifier {
-    /// Loads the key material of `auth`. Errors name the config key.
-    pub fn new(auth: &AuthConfig) -> Result<Self, String> {
-        let secret = hmac_secret(auth)?;
-        let hmac = secret.map(|s| DecodingKey::from_secret(&s));
+/// The key material: what a reload replaces.
+struct Keys {
+    /// The current secret first, then `auth.previous_secrets`.
+    hmac: Vec<DecodingKey>,
+    public_key: Option<DecodingKey>,
+    /// JWKS keys by `kid`, converted once per load.
+    jwks: HashMap<String, DecodingKey>,
+}
+
+impl Keys {
+    /// Loads the key material of `auth`, and checks that every accepted
+    /// algorithm has a key. Errors name the config key.
+    fn load(auth: &AuthConfig) -> Result<Keys, String> {
+        let mut hmac: Vec<DecodingKey> = hmac_secret(auth)?
+            .map(|s| DecodingKey::from_secret(&s))
+            .into_iter()
+            .collect();
+        if !hmac.is_empty() {
+            hmac.extend(
+                auth.previous_secrets
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            );
+        }
         let public_key = if auth.public_key_file.is_empty() {
             None
         } else {
@@ -128,14 +151,18 @@ impl Verifier {
         } else {
             load_jwks(&auth.jwks_file)?
         };
-        let mut validations = HashMap::new();
+        let keys = Keys {
+            hmac,
+            public_key,
+            jwks,
+        };
         for name in &auth.algorithms {
             let alg: Algorithm = name
                 .parse()
                 .map_err(|_| format!("auth.algorithms: unknown algorithm {name:?}"))?;
             let has_key = match alg.family() {
-                AlgorithmFamily::Hmac => hmac.is_some(),
-                _ => public_key.is_some() || !jwks.is_empty(),
+                AlgorithmFamily::Hmac => !keys.hmac.is_empty(),
+                _ => keys.public_key.is_some() || !keys.jwks.is_empty(),
             };
             if !has_key {
                 return Err(format!(
@@ -147,6 +174,47 @@ impl Verifier {
                     }
                 ));
             }
+        }
+        Ok(keys)
+    }
+
+    /// The keys a token with `header` may be signed with, in the order to
+    /// try them.
+    fn for_header(&self, header: &Header) -> Result<Vec<&DecodingKey>, AuthError> {
+        let no_key = AuthError::Invalid("no key for the token's algorithm");
+        if header.alg.family() == AlgorithmFamily::Hmac {
+            if self.hmac.is_empty() {
+                return Err(no_key);
+            }
+            return Ok(self.hmac.iter().collect());
+        }
+        let key = match &header.kid {
+            Some(kid) if !self.jwks.is_empty() => self
+                .jwks
+                .get(kid)
+                .ok_or(AuthError::Invalid("unknown key id"))?,
+            _ => self
+                .public_key
+                .as_ref()
+                .or_else(|| match self.jwks.len() {
+                    1 => self.jwks.values().next(),
+                    _ => None,
+                })
+                .ok_or(no_key)?,
+        };
+        Ok(vec![key])
+    }
+}
+
+impl Verifier {
+    /// Loads the key material of `auth`. Errors name the config key.
+    pub fn new(auth: &AuthConfig) -> Result<Self, String> {
+        let keys = Keys::load(auth)?;
+        let mut validations = HashMap::new();
+        for name in &auth.algorithms {
+            let alg: Algorithm = name
+                .parse()
+                .map_err(|_| format!("auth.algorithms: unknown algorithm {name:?}"))?;
             let mut v = Validation::new(alg);
             v.leeway = auth.leeway_secs;
             // jsonwebtoken checks `nbf` only when asked to; a token that is
@@ -169,9 +237,8 @@ impl Verifier {
             validations.insert(alg, v);
         }
         Ok(Self {
-            hmac,
-            public_key,
-            jwks,
+            keys: RwLock::new(Arc::new(keys)),
+            auth: auth.clone(),
             validations,
             user_claim: auth.user_claim.clone(),
             roles_claim: auth.roles_claim.clone(),
@@ -179,6 +246,22 @@ impl Verifier {
             admin_role: auth.admin_role.clone(),
             admin_api_key: auth.admin_api_key.clone(),
         })
+    }
+
+    /// Reads the key files again (SIGHUP): on success the new keys verify
+    /// every token from now on; on error the old ones stay, and the error
+    /// names the key and the file.
+    pub fn reload(&self) -> Result<(), String> {
+        let keys = Keys::load(&self.auth)?;
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Verifies a client token and extracts the identity.
@@ -192,18 +275,28 @@ impl Verifier {
             .validations
             .get(&header.alg)
             .ok_or(AuthError::Invalid("the token's algorithm is not accepted"))?;
-        let key = self.key_for(&header)?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::Invalid("the token is not valid yet"),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong token issuer"),
-                ErrorKind::InvalidAudience => AuthError::Invalid("wrong token audience"),
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad token signature"),
-                ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong token algorithm"),
-                _ => AuthError::Invalid("invalid token"),
-            },
-        )?;
+        let keys = self.keys();
+        let candidates = keys.for_header(&header)?;
+        let mut decoded = None;
+        for key in &candidates {
+            let result = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation);
+            let wrong_key = matches!(&result, Err(e) if *e.kind() == ErrorKind::InvalidSignature);
+            decoded = Some(result);
+            // A rotation: the next secret may have signed it.
+            if !wrong_key {
+                break;
+            }
+        }
+        let decoded = decoded.ok_or(AuthError::Invalid("no key for the token's algorithm"))?;
+        let data = decoded.map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::Invalid("the token is not valid yet"),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("wrong token issuer"),
+            ErrorKind::InvalidAudience => AuthError::Invalid("wrong token audience"),
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad token signature"),
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong token algorithm"),
+            _ => AuthError::Invalid("invalid token"),
+        })?;
         let claims = data.claims;
         let user_id = match claims.get(&self.user_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -227,27 +320,6 @@ impl Verifier {
             rooms: strings(&self.channels_claim),
             exp,
         })
-    }
-
-    fn key_for(&self, header: &Header) -> Result<&DecodingKey, AuthError> {
-        let no_key = AuthError::Invalid("no key for the token's algorithm");
-        if header.alg.family() == AlgorithmFamily::Hmac {
-            return self.hmac.as_ref().ok_or(no_key);
-        }
-        match &header.kid {
-            Some(kid) if !self.jwks.is_empty() => self
-                .jwks
-                .get(kid)
-                .ok_or(AuthError::Invalid("unknown key id")),
-            _ => self
-                .public_key
-                .as_ref()
-                .or_else(|| match self.jwks.len() {
-                    1 => self.jwks.values().next(),
-                    _ => None,
-                })
-                .ok_or(no_key),
-        }
     }
 
     /// Checks an admin API credential: the static key, or a JWT with the

@@ -60,7 +60,7 @@ pub async fn run_until(
             describe_dev_secret(dev_secret_file.as_deref())
         );
     }
-    let verifier = Verifier::new(&config.auth)?;
+    let verifier = Arc::new(Verifier::new(&config.auth)?);
     let instance: Arc<str> = instance_id().into();
     let names = Names::from_config(&config.redis, &instance);
     let fixed_channels = vec![
@@ -97,6 +97,8 @@ pub async fn run_until(
             stats.canary_round_trip.clone(),
         ),
     );
+    let reloading = verifier.clone();
+    services.spawn_until_stopped("key reload", reload_keys_on_sighup(reloading));
     services.spawn_until_stopped("metrics upkeep", async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
         loop {
@@ -172,6 +174,25 @@ pub async fn run_until(
     services.stop(SERVICES_STOP).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Rereads `secret_file`, `public_key_file` and `jwks_file` on each SIGHUP:
+/// keys rotate without a restart, and a bad file keeps the old keys.
+async fn reload_keys_on_sighup(verifier: Arc<Verifier>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: keys reload only on restart");
+            return std::future::pending().await;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match verifier.reload() {
+            Ok(()) => tracing::info!("SIGHUP: keys reloaded"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: keys not reloaded; the old ones stay"),
+        }
+    }
 }
 
 /// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, so two

@@ -56,9 +56,8 @@ impl App {
         hub: Hub,
         broker: Arc<dyn Broker>,
         canary: Arc<Canary>,
-        verifier: Verifier,
+        verifier: Arc<Verifier>,
     ) -> Self {
-        let verifier = Arc::new(verifier);
         let c = &config.connection;
         let sessions = Arc::new(Sessions {
             hub: hub.clone(),
