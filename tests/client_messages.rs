@@ -59,6 +59,25 @@ async fn invalid_utf8_text_closes_with_1007() {
     gw.wait_connections(0).await;
 }
 
+/// RFC 6455 §5.1: a client must mask its frames; an unmasked one is a
+/// protocol violation, closed with 1002 (SPEC §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_closes_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+    let gw = gateway().in_process().start().await;
+    let mut c = gw.user("42", &[]).await;
+    let MaybeTlsStream::Plain(socket) = c.ws.get_mut() else {
+        panic!("a plain TCP WebSocket");
+    };
+    // FIN + text, unmasked, "hi".
+    socket
+        .write_all(&[0x81, 0x02, b'h', b'i'])
+        .await
+        .expect("write");
+    c.expect_close(1002).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_text_frame_closes_with_1009() {
     let gw = gateway()
