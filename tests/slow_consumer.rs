@@ -118,3 +118,57 @@ async fn big_messages_to_a_stalled_client_are_bounded_in_bytes() {
     assert!(got_close, "the stream ended without a Close frame");
     assert_eq!(code, Some(4008));
 }
+
+/// The probe: a slow consumer that reads at a trickle never read its 4008.
+/// Its queue was dropped, but what its socket already held still drained
+/// at its pace, and the close gave up after 10 s and dropped the socket
+/// mid-frame. The close now waits as long as the client keeps reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_reading_at_a_trickle_still_reads_its_4008() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
+        .start()
+        .await;
+    let mut slow = gw.user("9", &[]).await;
+    redis.wait_numsub("ws:user:9", 1).await;
+    let pad = "x".repeat(64 * 1024);
+    let mut conn = redis.conn().await;
+    // Fill its socket buffers and queue until it is a slow consumer
+    // (bounded: 64 MiB is far more than any socket buffers).
+    let mut overflowed = false;
+    for n in 0..1024 {
+        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
+        conn.publish("ws:user:9", msg.as_bytes()).await;
+        if n % 16 == 15 && gw.stats().await["slow_consumer_disconnects"] == 1 {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "never a slow consumer");
+    // Read at a trickle: about 320 KiB/s, so what the buffers hold takes
+    // longer than the 10 s close grace.
+    let started = std::time::Instant::now();
+    let mut frames = 0;
+    let code = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no close after {frames} frames in 90 s"
+        );
+        match slow.next_frame(Duration::from_secs(15)).await {
+            Some(Frame::Text(t)) => {
+                assert_eq!(seq_of(&t), frames, "in order, no gap");
+                frames += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Frame::Close(code)) => break code,
+            Some(Frame::Ping) => {}
+            other => panic!(
+                "after {frames} frames in {:?}: {other:?}",
+                started.elapsed()
+            ),
+        }
+    };
+    assert_eq!(code, Some(4008), "after {frames} frames");
+}
