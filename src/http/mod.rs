@@ -12,6 +12,7 @@ use crate::broker::Broker;
 use crate::canary::Canary;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::log_limit::LogLimit;
 use crate::metrics::Gauges;
 use crate::session::Sessions;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -46,6 +47,8 @@ pub struct App {
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// WebSockets upgraded or being upgraded, for `max_connections`.
     open_sockets: AtomicUsize,
+    /// Refused handshakes are logged at most once a second per reason.
+    refusal_log: LogLimit<&'static str>,
 }
 
 impl App {
@@ -83,6 +86,7 @@ impl App {
             sessions,
             connect_limiter,
             open_sockets: AtomicUsize::new(0),
+            refusal_log: LogLimit::new(Duration::from_secs(1)),
         }
     }
 
