@@ -143,3 +143,43 @@ async fn a_dropped_publish_in_the_first_second_of_uptime_is_logged() {
     .await;
     assert!(logged, "the drop was not logged:\n{}", gw.logs_text());
 }
+
+// ---------------------------------------------------------------------------
+// Item 8: an admin body has a deadline.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_body_trickled_slowly_is_answered_408() {
+    let gw = gateway().start().await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /ws/broadcast HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 64\r\n\r\n",
+        gw.addr,
+        admin_token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 500 ms: never all 64 within the test's bound.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let got = read_until(&mut reader, Duration::from_secs(15), |got| {
+        got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")
+    })
+    .await;
+    trickle.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "expected 408 within 15 s, after {:?} got {text:?}",
+        started.elapsed()
+    );
+    assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+}
