@@ -28,8 +28,9 @@
 //!   user's history, and merging a replay with the live stream: the
 //!   client's `since` and the catch-up both use it), [`metrics`] (the one
 //!   set of counters, read by `/ws/stats` and rendered by `/metrics`), [`publish`] (the message preparation of the
-//!   canonical publish path), [`config`], [`auth`] and [`dev_secret`]; [`logsafe`] escapes
-//!   client-controlled text in log lines.
+//!   canonical publish path), [`log_limit`] (log lines rate-limited per
+//!   key, with the count suppressed), [`logsafe`] (client-controlled text
+//!   escaped in log lines), [`config`], [`auth`] and [`dev_secret`].
 //!
 //! Only what the binary, the load tool (`bench/`) and the Criterion
 //! benches use is `pub`; the rest is `pub(crate)`.
@@ -49,6 +50,7 @@ pub mod config;
 pub mod dev_secret;
 pub(crate) mod http;
 pub mod hub;
+pub(crate) mod log_limit;
 pub(crate) mod logsafe;
 pub mod metrics;
 pub mod names;

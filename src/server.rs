@@ -74,7 +74,7 @@ pub async fn run_until(
     let hub = Hub::new(
         names,
         config.connection.max_connections_per_user,
-        started.desired,
+        started.desired.clone(),
         stats.clone(),
     );
     let canary = Arc::new(Canary::default());
@@ -87,16 +87,22 @@ pub async fn run_until(
         "dispatcher",
         dispatch::run(hub.clone(), started.events, broker.clone(), canary.clone()),
     );
-    services.spawn_until_stopped(
-        "canary",
-        canary::run(
-            canary.clone(),
-            broker.clone(),
-            canary_channel,
-            Duration::from_secs(config.redis.canary_interval_secs),
-            stats.canary_round_trip.clone(),
-        ),
+    // The first canary waits for its channel's subscription: published
+    // before it, it would be lost and readiness would wait a whole interval.
+    let canary_subscribed = started
+        .desired
+        .confirmation(&[canary_channel.as_str().into()]);
+    let canary_rounds = canary::run(
+        canary.clone(),
+        broker.clone(),
+        canary_channel,
+        Duration::from_secs(config.redis.canary_interval_secs),
+        stats.canary_round_trip.clone(),
     );
+    services.spawn_until_stopped("canary", async move {
+        let _ = canary_subscribed.await;
+        canary_rounds.await
+    });
     let reloading = verifier.clone();
     services.spawn_until_stopped("key reload", reload_keys_on_sighup(reloading));
     services.spawn_until_stopped("metrics upkeep", async move {

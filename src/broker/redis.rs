@@ -281,8 +281,31 @@ pub(crate) async fn watch_connection(connection: ConnectionEvents, desired: Arc<
     }
 }
 
+/// How often the start-up wait looks at the connection state.
+const CONNECT_POLL: Duration = Duration::from_millis(10);
+
+/// Waits up to `limit` for `client`'s connection. fred's `wait_for_connect`
+/// alone can miss it: it reads the state, then subscribes to the connect
+/// notification, and a connect between the two is never seen (fred 10.1,
+/// `runtime/_tokio.rs`). Polling the state as well sees every connect;
+/// fred's wait still reports a fail-fast connect's error.
 async fn wait_for_connect(client: &Client, limit: Duration) -> Result<(), String> {
-    match tokio::time::timeout(limit, client.wait_for_connect()).await {
+    let polled = async {
+        let mut every = tokio::time::interval(CONNECT_POLL);
+        loop {
+            every.tick().await;
+            if client.is_connected() {
+                return Ok(());
+            }
+        }
+    };
+    let waited = async {
+        tokio::select! {
+            result = client.wait_for_connect() => result,
+            connected = polled => connected,
+        }
+    };
+    match tokio::time::timeout(limit, waited).await {
         Ok(result) => result.map_err(|e| describe(&e)),
         Err(_) => Err(format!(
             "cannot reach Redis: no connection within {} s",

@@ -11,9 +11,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 /// Largest admin request body: a 1 MiB message plus room for JSON framing.
 const MAX_BODY: usize = crate::protocol::MAX_PUBLISHED_BYTES + 1024;
+/// How long a whole admin body may take to arrive: one trickled a byte at
+/// a time must not hold the request, and its socket, open indefinitely.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Checks admin credentials; the refusal to send when they fail.
 pub fn refusal<B>(app: &App, req: &Request<B>) -> Option<Response<reply::Body>> {
@@ -70,9 +74,17 @@ pub async fn publish(
     req: Request<Incoming>,
     target: Target<'_>,
 ) -> Response<reply::Body> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_DEADLINE, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
         Err(_) => {
+            return reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive within 10 s",
+            )
+        }
+        Ok(Err(_)) => {
             return reply::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -12,6 +12,7 @@ use crate::broker::Broker;
 use crate::canary::Canary;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::log_limit::LogLimit;
 use crate::metrics::Gauges;
 use crate::session::Sessions;
 use crate::wire::Limits;
@@ -47,6 +48,8 @@ pub struct App {
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// WebSockets upgraded or being upgraded, for `max_connections`.
     open_sockets: AtomicUsize,
+    /// Refused handshakes are logged at most once a second per reason.
+    refusal_log: LogLimit<&'static str>,
 }
 
 impl App {
@@ -87,6 +90,7 @@ impl App {
             sessions,
             connect_limiter,
             open_sockets: AtomicUsize::new(0),
+            refusal_log: LogLimit::new(Duration::from_secs(1)),
         }
     }
 

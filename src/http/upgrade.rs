@@ -141,16 +141,20 @@ impl Drop for OpenSocket<'_> {
     }
 }
 
-/// A refusal before the upgrade: logged (reason, IP), answered in JSON.
+/// A refusal before the upgrade: answered in JSON, counted, and logged
+/// (reason, IP) at most once a second per reason, so that a flood of bad
+/// requests cannot flood the logs; the next line says how many it skipped.
 fn refuse(
     app: &App,
     ip: std::net::IpAddr,
     status: StatusCode,
-    code: &str,
+    code: &'static str,
     message: &str,
     retry_after_secs: Option<u64>,
 ) -> Response<reply::Body> {
-    tracing::info!(reason = code, status = status.as_u16(), %ip, "handshake refused");
+    if let Some(suppressed) = app.refusal_log.check(code) {
+        tracing::info!(reason = code, status = status.as_u16(), %ip, suppressed, "handshake refused");
+    }
     app.hub.stats().handshake_rejections.add(code, 1);
     match retry_after_secs {
         Some(secs) => reply::retry_later(status, code, message, secs),

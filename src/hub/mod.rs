@@ -21,6 +21,7 @@ pub(crate) mod dispatch;
 use crate::auth::Identity;
 use crate::broker::reconcile::Desired;
 use crate::lock;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Stats, Transport};
 use crate::names::Names;
 use crate::protocol::validate_published;
@@ -51,8 +52,8 @@ struct Shared {
     next_id: AtomicU64,
     stats: Arc<Stats>,
     started: Instant,
-    /// When a dropped publish was last logged (ms since start), to rate-limit.
-    last_drop_log_ms: AtomicU64,
+    /// Dropped publishes are logged at most once a second per reason.
+    drop_log: LogLimit<&'static str>,
 }
 
 #[derive(Default)]
@@ -118,7 +119,7 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 stats,
                 started: Instant::now(),
-                last_drop_log_ms: AtomicU64::new(0),
+                drop_log: LogLimit::new(Duration::from_secs(1)),
             }),
         }
     }
@@ -356,19 +357,12 @@ impl Hub {
         }
     }
 
-    fn log_drop(&self, channel: &str, reason: &str) {
-        let now_ms = self.shared.started.elapsed().as_millis() as u64;
-        let last = self.shared.last_drop_log_ms.load(Relaxed);
-        if now_ms >= last + 1000
-            && self
-                .shared
-                .last_drop_log_ms
-                .compare_exchange(last, now_ms.max(1), Relaxed, Relaxed)
-                .is_ok()
-        {
+    fn log_drop(&self, channel: &str, reason: &'static str) {
+        if let Some(suppressed) = self.shared.drop_log.check(reason) {
             tracing::warn!(
                 channel,
                 reason,
+                suppressed,
                 dropped_total = self.shared.stats.messages_dropped.total(),
                 "dropped a published message: it must be a JSON object with a string \"type\", at most 1 MiB (logged at most once a second)"
             );

@@ -1,0 +1,185 @@
+//! What a hostile client must not be able to do (issue 11): flood the logs,
+//! hold an admin request open by trickling its body, exhaust the open-files
+//! limit so that the probes die, or hide behind a proxy's address.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads from `stream` until `done` says the bytes so far suffice, the peer
+/// closes, or `limit` passes; returns what arrived.
+async fn read_until(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !done(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// The `suppressed=N` of a log line, if it has one.
+fn suppressed_of(line: &str) -> Option<u64> {
+    let rest = &line[line.find("suppressed=")? + "suppressed=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------
+// Item 4: refusals and dropped publishes are logged at a bounded rate.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_refusals_log_a_bounded_number_of_lines_with_the_suppressed_count() {
+    const FLOOD: usize = 20_000;
+    const STATUS: &[u8] = b"HTTP/1.1 400";
+    let gw = gateway().start().await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("GET /ws HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr);
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        let all = request.repeat(FLOOD);
+        writer.write_all(all.as_bytes()).await.unwrap();
+    };
+    let read = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = 0;
+        // The last bytes of the previous read: a status split across two
+        // reads still counts, and none counts twice (they are shorter).
+        let mut carry: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while seen < FLOOD && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, reader.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => {
+                    carry.extend_from_slice(&buf[..n]);
+                    seen += count(&carry, STATUS);
+                    carry.drain(..carry.len().saturating_sub(STATUS.len() - 1));
+                }
+            }
+        }
+        seen
+    };
+    let ((), answered) = tokio::join!(write, read);
+    assert!(
+        answered >= FLOOD,
+        "only {answered} of {FLOOD} pipelined requests were answered"
+    );
+    // Each line accounts for itself and the refusals suppressed before it;
+    // the ones after the last line are reported by the next, a second on.
+    let refusal_lines = || -> Vec<String> {
+        gw.logs()
+            .into_iter()
+            .filter(|l| l.contains("handshake refused"))
+            .collect()
+    };
+    let accounted = |lines: &[String]| -> u64 {
+        lines.len() as u64 + lines.iter().filter_map(|l| suppressed_of(l)).sum::<u64>()
+    };
+    let all_reported = wait_until(Duration::from_secs(10), || async {
+        let _ = gw.try_get("/ws").await;
+        accounted(&refusal_lines()) >= FLOOD as u64
+    })
+    .await;
+    let lines = refusal_lines();
+    assert!(
+        all_reported,
+        "the lines account for {} of at least {FLOOD} refusals: {lines:#?}",
+        accounted(&lines)
+    );
+    assert!(
+        lines.len() <= 20,
+        "{} refusal lines for {FLOOD} refusals in a few seconds",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| suppressed_of(l).unwrap_or(0) > 0),
+        "no line reported a suppressed count: {lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_publish_in_the_first_second_of_uptime_is_logged() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    redis.publish("ws:broadcast", "not json").await;
+    let counted = wait_until(WAIT_TIMEOUT, || async {
+        gw.stats().await["messages_dropped"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(counted, "the invalid publish was not counted as dropped");
+    let stats = gw.stats().await;
+    assert_eq!(
+        stats["uptime_secs"], 0,
+        "the test needs the drop within the first second of uptime: {stats}"
+    );
+    let logged = wait_until(Duration::from_secs(2), || async {
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("dropped a published message"))
+    })
+    .await;
+    assert!(logged, "the drop was not logged:\n{}", gw.logs_text());
+}
+
+// ---------------------------------------------------------------------------
+// Item 8: an admin body has a deadline.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_body_trickled_slowly_is_answered_408() {
+    let gw = gateway().start().await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /ws/broadcast HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 64\r\n\r\n",
+        gw.addr,
+        admin_token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 500 ms: never all 64 within the test's bound.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let got = read_until(&mut reader, Duration::from_secs(15), |got| {
+        got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")
+    })
+    .await;
+    trickle.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "expected 408 within 15 s, after {:?} got {text:?}",
+        started.elapsed()
+    );
+    assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+}
