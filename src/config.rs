@@ -29,7 +29,7 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     pub allowed_origins: Vec<String>,
     pub max_message_bytes: usize,
-    /// 0 = derived from the open-files limit (see `effective_max_connections`).
+    /// 0 = derived from the open-files limit (see [`ServerConfig::capacity`]).
     pub max_connections: usize,
     /// CIDRs whose `X-Forwarded-For` / `Forwarded` give the client IP.
     pub trusted_proxies: Vec<String>,
@@ -492,6 +492,45 @@ impl Config {
     }
 }
 
+/// How the open-files limit is shared out (SPEC §2 `max_connections = 0`).
+/// Every client holds a descriptor; so do Redis, the listeners, logs and
+/// the runtime, and each HTTP request before its upgrade (a probe too).
+/// Keeping the sum below the limit means `accept` never fails with EMFILE,
+/// so `/healthz` and `/readyz` always get a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// The soft RLIMIT_NOFILE this was derived from.
+    pub open_files: u64,
+    /// WebSockets at once; more are refused with 503 over_capacity.
+    pub max_connections: usize,
+    /// HTTP connections not (yet) upgraded; past it the oldest is closed.
+    pub http_connections: usize,
+    /// Descriptors left for Redis, listeners, logs and the runtime.
+    pub reserved: usize,
+}
+
+impl ServerConfig {
+    /// The limits under an open-files limit of `open_files`. A configured
+    /// `max_connections` is kept unless the limit cannot hold it (then the
+    /// derived value wins: past the limit, the probes die first).
+    pub fn capacity(&self, open_files: u64) -> Capacity {
+        let files = usize::try_from(open_files).unwrap_or(usize::MAX);
+        let reserved = (files / 16).clamp(32, 1024);
+        let http_connections = (files / 16).clamp(16, 1024);
+        let derived = files.saturating_sub(reserved + http_connections).max(1);
+        let max_connections = match self.max_connections {
+            0 => derived,
+            configured => configured.min(derived),
+        };
+        Capacity {
+            open_files,
+            max_connections,
+            http_connections,
+            reserved,
+        }
+    }
+}
+
 const REDACTED: &str = "<redacted>";
 
 /// Hides the password of a `redis://user:password@host` URL.
@@ -580,6 +619,24 @@ mod tests {
             c.server.allowed_origins,
             vec!["http://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn capacity_leaves_room_for_probes_and_redis() {
+        let mut server = ServerConfig::default();
+        let c = server.capacity(256);
+        assert_eq!(
+            (c.max_connections, c.http_connections, c.reserved),
+            (208, 16, 32)
+        );
+        let c = server.capacity(1 << 20);
+        assert_eq!(c.http_connections + c.reserved, 2048);
+        assert_eq!(c.max_connections, (1 << 20) - 2048);
+        server.max_connections = 100;
+        assert_eq!(server.capacity(256).max_connections, 100);
+        server.max_connections = 10_000;
+        assert_eq!(server.capacity(256).max_connections, 208);
+        assert_eq!(server.capacity(10).max_connections, 1);
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 mod admin;
 pub mod reply;
+mod slots;
 mod upgrade;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::canary::Canary;
-use crate::config::Config;
+use crate::config::{Capacity, Config};
 use crate::hub::Hub;
 use crate::log_limit::LogLimit;
 use crate::metrics::Gauges;
@@ -47,6 +48,12 @@ pub struct App {
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// WebSockets upgraded or being upgraded, for `max_connections`.
     open_sockets: AtomicUsize,
+    /// `server.max_connections`, or what the open-files limit allows.
+    max_connections: usize,
+    /// HTTP connections not upgraded (yet), bounded: see [`slots`].
+    http_slots: Arc<slots::HttpSlots>,
+    /// Concurrent WebSockets per client IP.
+    per_ip: slots::PerIp,
     /// Refused handshakes are logged at most once a second per reason.
     refusal_log: LogLimit<&'static str>,
 }
@@ -59,6 +66,7 @@ impl App {
         broker: Arc<dyn Broker>,
         canary: Arc<Canary>,
         verifier: Verifier,
+        capacity: Capacity,
     ) -> Self {
         let c = &config.connection;
         let sessions = Arc::new(Sessions {
@@ -76,6 +84,7 @@ impl App {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let per_ip = slots::PerIp::new(config.connection.max_connections_per_ip);
         Self {
             config,
             instance,
@@ -86,6 +95,9 @@ impl App {
             sessions,
             connect_limiter,
             open_sockets: AtomicUsize::new(0),
+            max_connections: capacity.max_connections,
+            http_slots: slots::HttpSlots::new(capacity.http_connections),
+            per_ip,
             refusal_log: LogLimit::new(Duration::from_secs(1)),
         }
     }
@@ -176,6 +188,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        tokio::select! {
+            () = app.http_slots.room() => {}
+            _ = shutdown.changed() => return,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -190,9 +206,11 @@ pub async fn serve(
         };
         // Small messages must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        let (slot, mut evicted) = app.http_slots.take();
         let app = app.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(|req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, endpoints, req, peer).await) }
@@ -205,6 +223,8 @@ pub async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // The oldest of too many: dropped, its socket closed.
+                _ = &mut evicted => {}
                 _ = shutdown.changed() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
