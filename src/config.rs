@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -388,6 +388,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for cidr in &c.server.trusted_proxies {
+        if Cidr::parse(cidr).is_none() {
+            return err(format!(
+                "server.trusted_proxies: {cidr:?} is not an address block (e.g. \"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.7\")"
+            ));
+        }
+    }
     positive(
         "server.max_message_bytes",
         c.server.max_message_bytes as u64,
@@ -531,6 +538,66 @@ impl ServerConfig {
     }
 }
 
+/// One entry of `server.trusted_proxies`: an address block, IPv4 or IPv6
+/// (a bare address is a block of one). Parsed here, in a few lines, rather
+/// than with a crate: containment is all the gateway needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s.trim(), None),
+        };
+        let network: IpAddr = addr.parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits)?,
+            None => bits,
+        };
+        Some(Self { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client reached over an IPv6 socket (::ffff:a.b.c.d).
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let keep = |bits: u32| -> u128 {
+            match u32::from(self.prefix) {
+                0 => 0,
+                p => u128::MAX << (bits - p.min(bits)),
+            }
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = keep(32) as u32;
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = keep(128);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `trusted_proxies`, parsed (validated at load: none is dropped then).
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|c| Cidr::parse(c))
+            .collect()
+    }
+}
+
 const REDACTED: &str = "<redacted>";
 
 /// Hides the password of a `redis://user:password@host` URL.
@@ -619,6 +686,44 @@ mod tests {
             c.server.allowed_origins,
             vec!["http://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_blocks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains(ip("10.1.200.3")) && !c.contains(ip("10.2.0.1")));
+        assert!(c.contains(ip("::ffff:10.1.0.9")), "IPv4-mapped");
+        assert!(!c.contains(ip("fd00::1")));
+        let c = Cidr::parse("fd00::/8").unwrap();
+        assert!(c.contains(ip("fd12::1")) && !c.contains(ip("fe80::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("192.0.2.7").unwrap().contains(ip("192.0.2.7")));
+        assert!(!Cidr::parse("192.0.2.7").unwrap().contains(ip("192.0.2.8")));
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "proxy",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
+        let e = from_sources(
+            "",
+            &env(&[("GATEWAY_SERVER_TRUSTED_PROXIES", "10.0.0.0/8,nope")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("server.trusted_proxies") && e.0.contains("nope"),
+            "{e}"
+        );
+        let ok = from_sources(
+            "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\n",
+            &Overrides::default(),
+        );
+        assert_eq!(ok.unwrap().config.server.trusted_proxies().len(), 2);
     }
 
     #[test]

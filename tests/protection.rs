@@ -292,3 +292,63 @@ async fn connections_per_ip_are_capped() {
         "{metrics}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Item 10: behind a trusted proxy, the forwarded client IP is counted.
+// ---------------------------------------------------------------------------
+
+/// Connects user `user` as if through a proxy that forwarded for `client`.
+async fn connect_via(gw: &Gateway, user: &str, client: &str) -> Result<Client, String> {
+    let opts = ConnectOpts::token(&token(user, &[])).header("X-Forwarded-For", client);
+    gw.connect_raw(&opts)
+        .await
+        .map_err(|e| describe_ws_error(&e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_per_ip_cap_counts_the_forwarded_ip() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_IP", "2")
+        .env("GATEWAY_SERVER_TRUSTED_PROXIES", "127.0.0.0/8")
+        .start()
+        .await;
+    let mut kept = Vec::new();
+    for user in ["a1", "a2"] {
+        kept.push(connect_via(&gw, user, "198.51.100.1").await.unwrap());
+    }
+    let third = connect_via(&gw, "a3", "198.51.100.1").await;
+    assert!(
+        third.as_ref().is_err_and(|e| e.contains("429")),
+        "a third from one forwarded IP: {:?}",
+        third.as_ref().map(|_| "accepted")
+    );
+    // Other clients of the same proxy are counted apart; a client-written
+    // entry left of the proxy's does not change who it is.
+    for (user, chain) in [("b1", "198.51.100.2"), ("b2", "6.6.6.6, 198.51.100.2")] {
+        kept.push(connect_via(&gw, user, chain).await.unwrap());
+    }
+    let spoofed = connect_via(&gw, "b3", "7.7.7.7, 198.51.100.2").await;
+    assert!(spoofed.is_err(), "a spoofed leftmost entry escaped the cap");
+    let logs = gw.logs_text();
+    assert!(
+        logs.contains("ip=198.51.100.1") && logs.contains("ip=198.51.100.2"),
+        "the logs show the forwarded IPs:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarding_headers_are_ignored() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_IP", "2")
+        .start()
+        .await;
+    let _a = connect_via(&gw, "a1", "198.51.100.1").await.unwrap();
+    let _b = connect_via(&gw, "a2", "198.51.100.2").await.unwrap();
+    let third = connect_via(&gw, "a3", "198.51.100.3").await;
+    assert!(
+        third.as_ref().is_err_and(|e| e.contains("429")),
+        "all three come from 127.0.0.1: {:?}",
+        third.as_ref().map(|_| "accepted")
+    );
+    assert!(!gw.logs_text().contains("ip=198.51.100"));
+}

@@ -4,6 +4,7 @@
 //! when `server.metrics_listen` is set.
 
 mod admin;
+mod client_ip;
 pub mod reply;
 mod slots;
 mod upgrade;
@@ -54,6 +55,8 @@ pub struct App {
     http_slots: Arc<slots::HttpSlots>,
     /// Concurrent WebSockets per client IP.
     per_ip: slots::PerIp,
+    /// Peers whose forwarding headers name the client (`trusted_proxies`).
+    trusted_proxies: Vec<crate::config::Cidr>,
     /// Refused handshakes are logged at most once a second per reason.
     refusal_log: LogLimit<&'static str>,
 }
@@ -85,6 +88,7 @@ impl App {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let per_ip = slots::PerIp::new(config.connection.max_connections_per_ip);
+        let trusted_proxies = config.server.trusted_proxies();
         Self {
             config,
             instance,
@@ -98,6 +102,7 @@ impl App {
             max_connections: capacity.max_connections,
             http_slots: slots::HttpSlots::new(capacity.http_connections),
             per_ip,
+            trusted_proxies,
             refusal_log: LogLimit::new(Duration::from_secs(1)),
         }
     }

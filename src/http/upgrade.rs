@@ -23,7 +23,8 @@ const SUBPROTOCOL: &str = "ws-gateway";
 const BEARER_PROTOCOL: &str = "bearer.";
 
 pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
-    let ip = peer.ip();
+    // What the per-IP limits count and the logs show.
+    let ip = super::client_ip::client_ip(peer.ip(), req.headers(), &app.trusted_proxies);
     let Some(key) = upgrade_key(req.headers()) else {
         let message = "not a WebSocket upgrade request";
         return refuse(
