@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
@@ -29,7 +29,7 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     pub allowed_origins: Vec<String>,
     pub max_message_bytes: usize,
-    /// 0 = derived from the open-files limit (see `effective_max_connections`).
+    /// 0 = derived from the open-files limit (see [`ServerConfig::capacity`]).
     pub max_connections: usize,
     /// CIDRs whose `X-Forwarded-For` / `Forwarded` give the client IP.
     pub trusted_proxies: Vec<String>,
@@ -388,6 +388,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for cidr in &c.server.trusted_proxies {
+        if Cidr::parse(cidr).is_none() {
+            return err(format!(
+                "server.trusted_proxies: {cidr:?} is not an address block (e.g. \"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.7\")"
+            ));
+        }
+    }
     positive(
         "server.max_message_bytes",
         c.server.max_message_bytes as u64,
@@ -492,6 +499,105 @@ impl Config {
     }
 }
 
+/// How the open-files limit is shared out (SPEC §2 `max_connections = 0`).
+/// Every client holds a descriptor; so do Redis, the listeners, logs and
+/// the runtime, and each HTTP request before its upgrade (a probe too).
+/// Keeping the sum below the limit means `accept` never fails with EMFILE,
+/// so `/healthz` and `/readyz` always get a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// The soft RLIMIT_NOFILE this was derived from.
+    pub open_files: u64,
+    /// WebSockets at once; more are refused with 503 over_capacity.
+    pub max_connections: usize,
+    /// HTTP connections not (yet) upgraded; past it the oldest is closed.
+    pub http_connections: usize,
+    /// Descriptors left for Redis, listeners, logs and the runtime.
+    pub reserved: usize,
+}
+
+impl ServerConfig {
+    /// The limits under an open-files limit of `open_files`. A configured
+    /// `max_connections` is kept unless the limit cannot hold it (then the
+    /// derived value wins: past the limit, the probes die first).
+    pub fn capacity(&self, open_files: u64) -> Capacity {
+        let files = usize::try_from(open_files).unwrap_or(usize::MAX);
+        let reserved = (files / 16).clamp(32, 1024);
+        let http_connections = (files / 16).clamp(16, 1024);
+        let derived = files.saturating_sub(reserved + http_connections).max(1);
+        let max_connections = match self.max_connections {
+            0 => derived,
+            configured => configured.min(derived),
+        };
+        Capacity {
+            open_files,
+            max_connections,
+            http_connections,
+            reserved,
+        }
+    }
+}
+
+/// One entry of `server.trusted_proxies`: an address block, IPv4 or IPv6
+/// (a bare address is a block of one). Parsed here, in a few lines, rather
+/// than with a crate: containment is all the gateway needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s.trim(), None),
+        };
+        let network: IpAddr = addr.parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits)?,
+            None => bits,
+        };
+        Some(Self { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client reached over an IPv6 socket (::ffff:a.b.c.d).
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let keep = |bits: u32| -> u128 {
+            match u32::from(self.prefix) {
+                0 => 0,
+                p => u128::MAX << (bits - p.min(bits)),
+            }
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = keep(32) as u32;
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = keep(128);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `trusted_proxies`, parsed (validated at load: none is dropped then).
+    pub fn trusted_proxies(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|c| Cidr::parse(c))
+            .collect()
+    }
+}
+
 const REDACTED: &str = "<redacted>";
 
 /// Hides the password of a `redis://user:password@host` URL.
@@ -580,6 +686,62 @@ mod tests {
             c.server.allowed_origins,
             vec!["http://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_blocks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains(ip("10.1.200.3")) && !c.contains(ip("10.2.0.1")));
+        assert!(c.contains(ip("::ffff:10.1.0.9")), "IPv4-mapped");
+        assert!(!c.contains(ip("fd00::1")));
+        let c = Cidr::parse("fd00::/8").unwrap();
+        assert!(c.contains(ip("fd12::1")) && !c.contains(ip("fe80::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("192.0.2.7").unwrap().contains(ip("192.0.2.7")));
+        assert!(!Cidr::parse("192.0.2.7").unwrap().contains(ip("192.0.2.8")));
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "proxy",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
+        let e = from_sources(
+            "",
+            &env(&[("GATEWAY_SERVER_TRUSTED_PROXIES", "10.0.0.0/8,nope")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("server.trusted_proxies") && e.0.contains("nope"),
+            "{e}"
+        );
+        let ok = from_sources(
+            "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\n",
+            &Overrides::default(),
+        );
+        assert_eq!(ok.unwrap().config.server.trusted_proxies().len(), 2);
+    }
+
+    #[test]
+    fn capacity_leaves_room_for_probes_and_redis() {
+        let mut server = ServerConfig::default();
+        let c = server.capacity(256);
+        assert_eq!(
+            (c.max_connections, c.http_connections, c.reserved),
+            (208, 16, 32)
+        );
+        let c = server.capacity(1 << 20);
+        assert_eq!(c.http_connections + c.reserved, 2048);
+        assert_eq!(c.max_connections, (1 << 20) - 2048);
+        server.max_connections = 100;
+        assert_eq!(server.capacity(256).max_connections, 100);
+        server.max_connections = 10_000;
+        assert_eq!(server.capacity(256).max_connections, 208);
+        assert_eq!(server.capacity(10).max_connections, 1);
     }
 
     #[test]

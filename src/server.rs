@@ -141,6 +141,21 @@ pub async fn run_until(
     }
 
     let drain_window = Duration::from_secs(config.server.shutdown_drain_secs);
+    let capacity = config.server.capacity(open_files_limit());
+    if config.server.max_connections > capacity.max_connections {
+        tracing::warn!(
+            configured = config.server.max_connections,
+            open_files = capacity.open_files,
+            "server.max_connections does not fit the open-files limit; lowered"
+        );
+    }
+    tracing::info!(
+        max_connections = capacity.max_connections,
+        http_connections = capacity.http_connections,
+        reserved = capacity.reserved,
+        open_files = capacity.open_files,
+        "connection limits"
+    );
     let app = Arc::new(App::new(
         config,
         instance,
@@ -148,6 +163,7 @@ pub async fn run_until(
         broker,
         canary,
         verifier,
+        capacity,
     ));
     let pruner = app.clone();
     services.spawn_until_stopped("rate-limit pruner", async move {
@@ -197,6 +213,18 @@ async fn reload_keys_on_sighup(verifier: Arc<Verifier>) {
         match verifier.reload() {
             Ok(()) => tracing::info!("SIGHUP: keys reloaded"),
             Err(e) => tracing::warn!(error = %e, "SIGHUP: keys not reloaded; the old ones stay"),
+        }
+    }
+}
+
+/// The soft open-files limit (`main` raises it to the hard one first).
+fn open_files_limit() -> u64 {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, _hard)) => soft,
+        Err(e) => {
+            // 1024 is the usual default soft limit: a safe guess.
+            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
+            1024
         }
     }
 }

@@ -183,3 +183,172 @@ async fn an_admin_body_trickled_slowly_is_answered_408() {
     );
     assert!(text.contains(r#""error":"request_timeout""#), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Item 2: at the open-files limit, the probes still answer.
+// ---------------------------------------------------------------------------
+
+/// GETs `path` on a fresh connection and wants 200 within `limit`.
+async fn assert_answers_quickly(gw: &Gateway, path: &str, limit: Duration) {
+    let asked = Instant::now();
+    let answer = tokio::time::timeout(limit, http_request(gw.addr, "GET", path, &[], None)).await;
+    match answer {
+        Ok(Ok(r)) => assert_eq!(r.status, 200, "GET {path}: {}", r.text()),
+        Ok(Err(e)) => panic!("GET {path} failed after {:?}: {e}", asked.elapsed()),
+        Err(_) => panic!("GET {path} unanswered after {limit:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_open_files_limit_upgrades_are_refused_and_the_probes_answer() {
+    const NOFILE: u64 = 256;
+    let gw = gateway().nofile(NOFILE).start().await;
+
+    // WebSockets until the instance says over_capacity (well before EMFILE).
+    let mut clients = Vec::new();
+    let refusal = loop {
+        assert!(
+            clients.len() < NOFILE as usize,
+            "{} WebSockets accepted under an open-files limit of {NOFILE}",
+            clients.len()
+        );
+        let user = format!("u{}", clients.len());
+        match gw
+            .connect_raw(&ConnectOpts::token(&token(&user, &[])))
+            .await
+        {
+            Ok(mut c) => {
+                c.expect_connected(&user).await;
+                clients.push(c);
+            }
+            Err(e) => break expect_refusal(Err(e)),
+        }
+    };
+    assert_eq!(refusal.status, 503, "{}", refusal.body);
+    assert_eq!(refusal.json()["error"], "over_capacity");
+    assert!(clients.len() >= 100, "only {} accepted", clients.len());
+
+    // Idle sockets and never-finished request heads, more than the limit
+    // leaves room for.
+    let mut idle = Vec::new();
+    for i in 0..NOFILE {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(s);
+    }
+    for _ in 0..3 {
+        for path in ["/healthz", "/readyz", "/ws/health"] {
+            assert_answers_quickly(&gw, path, Duration::from_secs(1)).await;
+        }
+    }
+    // And more upgrades are still refused at once, not left hanging.
+    let r = expect_refusal(
+        gw.connect_raw(&ConnectOpts::token(&token("late", &[])))
+            .await,
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    let limits = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("connection limits"))
+        .unwrap_or_else(|| panic!("no `connection limits` line:\n{}", gw.logs_text()));
+    assert!(limits.contains("open_files=256"), "{limits}");
+    assert!(
+        !gw.logs_text().contains("accept failed"),
+        "the gateway ran out of descriptors:\n{}",
+        gw.logs_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_capped() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_IP", "2")
+        .in_process()
+        .start()
+        .await;
+    let a = gw.user("a", &[]).await;
+    let _b = gw.user("b", &[]).await;
+    let r = expect_refusal(gw.connect_raw(&ConnectOpts::token(&token("c", &[]))).await);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"], "too_many_connections_per_ip");
+    assert!(r.header("retry-after").is_some());
+    a.close().await;
+    // The slot comes back once the session has ended.
+    let again = wait_until(WAIT_TIMEOUT, || async {
+        gw.connect_raw(&ConnectOpts::token(&token("c", &[])))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(again, "a closed connection's slot did not come back");
+    let metrics = gw.get("/metrics").await.text();
+    assert!(
+        metrics.contains(r#"reason="too_many_connections_per_ip"} 1"#),
+        "{metrics}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Item 10: behind a trusted proxy, the forwarded client IP is counted.
+// ---------------------------------------------------------------------------
+
+/// Connects user `user` as if through a proxy that forwarded for `client`.
+async fn connect_via(gw: &Gateway, user: &str, client: &str) -> Result<Client, String> {
+    let opts = ConnectOpts::token(&token(user, &[])).header("X-Forwarded-For", client);
+    gw.connect_raw(&opts)
+        .await
+        .map_err(|e| describe_ws_error(&e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_per_ip_cap_counts_the_forwarded_ip() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_IP", "2")
+        .env("GATEWAY_SERVER_TRUSTED_PROXIES", "127.0.0.0/8")
+        .start()
+        .await;
+    let mut kept = Vec::new();
+    for user in ["a1", "a2"] {
+        kept.push(connect_via(&gw, user, "198.51.100.1").await.unwrap());
+    }
+    let third = connect_via(&gw, "a3", "198.51.100.1").await;
+    assert!(
+        third.as_ref().is_err_and(|e| e.contains("429")),
+        "a third from one forwarded IP: {:?}",
+        third.as_ref().map(|_| "accepted")
+    );
+    // Other clients of the same proxy are counted apart; a client-written
+    // entry left of the proxy's does not change who it is.
+    for (user, chain) in [("b1", "198.51.100.2"), ("b2", "6.6.6.6, 198.51.100.2")] {
+        kept.push(connect_via(&gw, user, chain).await.unwrap());
+    }
+    let spoofed = connect_via(&gw, "b3", "7.7.7.7, 198.51.100.2").await;
+    assert!(spoofed.is_err(), "a spoofed leftmost entry escaped the cap");
+    let logs = gw.logs_text();
+    assert!(
+        logs.contains("ip=198.51.100.1") && logs.contains("ip=198.51.100.2"),
+        "the logs show the forwarded IPs:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_forwarding_headers_are_ignored() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_IP", "2")
+        .start()
+        .await;
+    let _a = connect_via(&gw, "a1", "198.51.100.1").await.unwrap();
+    let _b = connect_via(&gw, "a2", "198.51.100.2").await.unwrap();
+    let third = connect_via(&gw, "a3", "198.51.100.3").await;
+    assert!(
+        third.as_ref().is_err_and(|e| e.contains("429")),
+        "all three come from 127.0.0.1: {:?}",
+        third.as_ref().map(|_| "accepted")
+    );
+    assert!(!gw.logs_text().contains("ip=198.51.100"));
+}

@@ -4,13 +4,15 @@
 //! when `server.metrics_listen` is set.
 
 mod admin;
+mod client_ip;
 pub mod reply;
+mod slots;
 mod upgrade;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::canary::Canary;
-use crate::config::Config;
+use crate::config::{Capacity, Config};
 use crate::hub::Hub;
 use crate::log_limit::LogLimit;
 use crate::metrics::Gauges;
@@ -48,6 +50,14 @@ pub struct App {
     connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// WebSockets upgraded or being upgraded, for `max_connections`.
     open_sockets: AtomicUsize,
+    /// `server.max_connections`, or what the open-files limit allows.
+    max_connections: usize,
+    /// HTTP connections not upgraded (yet), bounded: see [`slots`].
+    http_slots: Arc<slots::HttpSlots>,
+    /// Concurrent WebSockets per client IP.
+    per_ip: slots::PerIp,
+    /// Peers whose forwarding headers name the client (`trusted_proxies`).
+    trusted_proxies: Vec<crate::config::Cidr>,
     /// Refused handshakes are logged at most once a second per reason.
     refusal_log: LogLimit<&'static str>,
 }
@@ -60,6 +70,7 @@ impl App {
         broker: Arc<dyn Broker>,
         canary: Arc<Canary>,
         verifier: Arc<Verifier>,
+        capacity: Capacity,
     ) -> Self {
         let c = &config.connection;
         let sessions = Arc::new(Sessions {
@@ -80,6 +91,8 @@ impl App {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let per_ip = slots::PerIp::new(config.connection.max_connections_per_ip);
+        let trusted_proxies = config.server.trusted_proxies();
         Self {
             config,
             instance,
@@ -90,6 +103,10 @@ impl App {
             sessions,
             connect_limiter,
             open_sockets: AtomicUsize::new(0),
+            max_connections: capacity.max_connections,
+            http_slots: slots::HttpSlots::new(capacity.http_connections),
+            per_ip,
+            trusted_proxies,
             refusal_log: LogLimit::new(Duration::from_secs(1)),
         }
     }
@@ -180,6 +197,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        tokio::select! {
+            () = app.http_slots.room() => {}
+            _ = shutdown.changed() => return,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -194,9 +215,11 @@ pub async fn serve(
         };
         // Small messages must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        let (slot, mut evicted) = app.http_slots.take();
         let app = app.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(|req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, endpoints, req, peer).await) }
@@ -209,6 +232,8 @@ pub async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // The oldest of too many: dropped, its socket closed.
+                _ = &mut evicted => {}
                 _ = shutdown.changed() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;

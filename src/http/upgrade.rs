@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -23,7 +23,8 @@ const SUBPROTOCOL: &str = "ws-gateway";
 const BEARER_PROTOCOL: &str = "bearer.";
 
 pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
-    let ip = peer.ip();
+    // What the per-IP limits count and the logs show.
+    let ip = super::client_ip::client_ip(peer.ip(), req.headers(), &app.trusted_proxies);
     let Some(key) = upgrade_key(req.headers()) else {
         let message = "not a WebSocket upgrade request";
         return refuse(
@@ -57,8 +58,8 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
             Some(1),
         );
     }
-    let max = app.config.server.max_connections;
-    if max > 0 && app.open_sockets.load(Relaxed) >= max {
+    // Held by the session from here on; refusals below drop it.
+    let Some(admitted) = Admitted::capacity(app) else {
         let message = "this instance is at max_connections";
         return refuse(
             app,
@@ -68,7 +69,19 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
             message,
             Some(5),
         );
-    }
+    };
+    let Some(admitted) = admitted.per_ip(ip) else {
+        let message =
+            "too many connections from this address; see connection.max_connections_per_ip";
+        return refuse(
+            app,
+            ip,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections_per_ip",
+            message,
+            Some(5),
+        );
+    };
     if let Err(wait) = app.check_connect_rate(ip) {
         let message = "too many new connections from this address";
         let secs = wait.as_secs_f64().ceil() as u64;
@@ -103,9 +116,8 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     }
 
     let app = app.clone();
-    app.open_sockets.fetch_add(1, Relaxed);
     tokio::spawn(async move {
-        let _open = OpenSocket(&app);
+        let _admitted = admitted;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -132,12 +144,43 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     response
 }
 
-/// Decrements the open-socket count when a session ends, however it ends.
-struct OpenSocket<'a>(&'a App);
+/// A WebSocket counted against `max_connections` (and, once admitted
+/// there, against its IP's limit); uncounted when dropped, however the
+/// session ends.
+struct Admitted {
+    app: Arc<App>,
+    ip: Option<IpAddr>,
+}
 
-impl Drop for OpenSocket<'_> {
+impl Admitted {
+    /// Counts one more WebSocket, unless the instance is at its limit.
+    fn capacity(app: &Arc<App>) -> Option<Self> {
+        app.open_sockets
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < app.max_connections).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self {
+            app: app.clone(),
+            ip: None,
+        })
+    }
+
+    /// Counts it for `ip` as well, unless `ip` is at its limit.
+    fn per_ip(mut self, ip: IpAddr) -> Option<Self> {
+        self.app.per_ip.admit(ip).then(|| {
+            self.ip = Some(ip);
+            self
+        })
+    }
+}
+
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.open_sockets.fetch_sub(1, Relaxed);
+        self.app.open_sockets.fetch_sub(1, Relaxed);
+        if let Some(ip) = self.ip {
+            self.app.per_ip.release(ip);
+        }
     }
 }
 
@@ -146,7 +189,7 @@ impl Drop for OpenSocket<'_> {
 /// requests cannot flood the logs; the next line says how many it skipped.
 fn refuse(
     app: &App,
-    ip: std::net::IpAddr,
+    ip: IpAddr,
     status: StatusCode,
     code: &'static str,
     message: &str,

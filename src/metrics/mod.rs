@@ -65,6 +65,7 @@ pub const REFUSALS: &[&str] = &[
     "invalid_token",
     "token_expired",
     "too_many_connections",
+    "too_many_connections_per_ip",
 ];
 
 /// Which channel a published message came on (`broker_messages_total{kind}`).

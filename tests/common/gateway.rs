@@ -9,6 +9,8 @@ pub struct GatewayBuilder {
     secret: Option<String>,
     wait_ready: bool,
     in_process: bool,
+    /// The open-files limit to start the binary under, if not inherited.
+    nofile: Option<u64>,
 }
 
 /// A builder with the suite defaults: secret [`SECRET`], no per-IP connect
@@ -20,6 +22,7 @@ pub fn gateway() -> GatewayBuilder {
         secret: Some(SECRET.to_string()),
         wait_ready: true,
         in_process: false,
+        nofile: None,
     }
 }
 
@@ -46,6 +49,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Starts the binary under this open-files limit (soft and hard).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     /// Do not wait for `/readyz` to return 200 after start.
     pub fn no_wait_ready(mut self) -> Self {
         self.wait_ready = false;
@@ -65,7 +74,10 @@ impl GatewayBuilder {
         if self.in_process {
             return self.start_in_process(dir).await;
         }
-        let mut cmd = gateway_command(dir.path());
+        let mut cmd = match self.nofile {
+            None => gateway_command(dir.path()),
+            Some(limit) => gateway_command_with_nofile(dir.path(), limit),
+        };
         cmd.env("RUST_LOG", "info");
         if let Some(s) = &self.secret {
             cmd.env("GATEWAY_AUTH_SECRET", s);

@@ -181,7 +181,18 @@ impl Drop for TempDir {
 /// A `Command` for the gateway binary with every inherited `GATEWAY_*`
 /// variable removed and the working directory set to `dir`.
 pub fn gateway_command(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    clean_gateway_env(Command::new(BIN), dir)
+}
+
+/// [`gateway_command`] under an open-files limit of `nofile` (soft and
+/// hard: the gateway raises its soft limit to the hard one), via prlimit.
+pub fn gateway_command_with_nofile(dir: &Path, nofile: u64) -> Command {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(BIN);
+    clean_gateway_env(cmd, dir)
+}
+
+fn clean_gateway_env(mut cmd: Command, dir: &Path) -> Command {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("GATEWAY_") {
             cmd.env_remove(&k);
