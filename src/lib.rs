@@ -17,9 +17,12 @@
 //! - [`wire`]: a connection's sending side: direct writes, a bounded queue
 //!   (slow consumers → 4008), and the stream tungstenite reads through.
 //! - [`session`]: one client's session (registration, resume, CONNECTED),
-//!   with its transport (the WebSocket), its client commands and its
-//!   deadlines each in a module of their own.
-//! - [`http`]: the listener, routing, the WebSocket handshake, admin API.
+//!   with its transport (the WebSocket), its client commands, its
+//!   deadlines (heartbeat, token expiry) and its access (identity, roles,
+//!   rooms) each in a module of their own.
+//! - [`http`]: the listeners, routing, the WebSocket handshake (with the
+//!   client IP behind trusted proxies and the connection slots that keep
+//!   the probes answering at the open-files limit), admin API, `/metrics`.
 //! - [`server`]: start-up and shutdown: builds everything and runs each
 //!   long-lived task as a named [`shutdown::Services`] member.
 //! - [`canary`]: the delivery round trip behind readiness.

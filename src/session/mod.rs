@@ -2,7 +2,9 @@
 //! handshake's verdict, registration with the hub, resume, CONNECTED, then
 //! the transport's loop. The session stands apart from its transport:
 //! [`websocket`] is today's (Socket.IO and SSE come next, SPEC §11, §12);
-//! client commands live in [`commands`], deadlines in [`deadlines`].
+//! client commands live in [`commands`], deadlines (heartbeat, token
+//! expiry) in [`deadlines`], and what the connection may receive and has
+//! joined (identity, roles, rooms; refresh and subscribe) in [`access`].
 
 mod access;
 mod commands;

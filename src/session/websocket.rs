@@ -75,8 +75,9 @@ pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access
 async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access) -> End {
     let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
     heartbeat.expire_at(access.who.exp, cfg.leeway);
-    // One timer for both the ping and the idle deadline: fewer timers to
-    // poll on every wake-up, and none to reset on every client frame.
+    // One timer for the ping, the idle and the token deadlines: fewer
+    // timers to poll on every wake-up, and none to reset on every client
+    // frame.
     let timer = tokio::time::sleep_until(heartbeat.next_deadline());
     tokio::pin!(timer);
     let mut commands = Commands::new(cfg.client_messages_per_sec);
