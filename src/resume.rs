@@ -380,6 +380,16 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_with_an_empty_id_is_replayed_after_a_point_without_one() {
+        // Found by fuzz/resume: a point without an id (a channel's creation,
+        // or after a message without one) drops entries whose id is "".
+        let entry = r#"{"type":"A","id":"","ts":30000}"#;
+        let history = vec![Arc::new(validate_published(Bytes::from(entry)).unwrap())];
+        let r = replay(&history, &Point::at(29_000), NOW);
+        assert_eq!(ids(&r.messages), [""]);
+    }
+
+    #[test]
     fn an_empty_history_reaches_back_within_its_ttl() {
         let young = Point::since(&ulid_at(NOW.now_ms - 1_000));
         assert!(replay(&[], &young, NOW).recovered);

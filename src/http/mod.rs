@@ -5,7 +5,7 @@
 
 mod admin;
 pub mod reply;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
