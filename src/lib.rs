@@ -65,6 +65,14 @@ pub(crate) mod session;
 pub(crate) mod shutdown;
 pub mod wire;
 
+/// Internals the fuzz targets (`fuzz/`, not a workspace member) drive: not
+/// an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::upgrade::fuzzing as handshake;
+    pub use crate::resume::{parse, replay, Admit, Gate, Horizon, Point, Replay, CLOCK_SKEW_MS};
+}
+
 /// Locks a mutex, recovering from poisoning: every critical section in this
 /// crate leaves its state consistent, so a panic elsewhere cannot corrupt it.
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -129,7 +129,7 @@ pub fn replay(history: &[Arc<Published>], from: &Point, horizon: Horizon) -> Rep
     };
     Replay {
         recovered,
-        messages: unique(&newer, from.id.as_deref().unwrap_or_default()),
+        messages: unique(&newer, from.id.as_deref()),
     }
 }
 
@@ -152,7 +152,7 @@ fn after(history: &[Arc<Published>], since: &str) -> Replay {
     match history.iter().position(|m| m.id.as_deref() == Some(since)) {
         Some(i) => Replay {
             recovered: true,
-            messages: unique(&history[i + 1..], since),
+            messages: unique(&history[i + 1..], Some(since)),
         },
         None => Replay {
             recovered: false,
@@ -162,8 +162,8 @@ fn after(history: &[Arc<Published>], since: &str) -> Replay {
 }
 
 /// `messages` without repeated ids and without `seen`, in order.
-fn unique(messages: &[Arc<Published>], seen: &str) -> Vec<Arc<Published>> {
-    let mut ids: HashSet<&str> = HashSet::from([seen]);
+fn unique(messages: &[Arc<Published>], seen: Option<&str>) -> Vec<Arc<Published>> {
+    let mut ids: HashSet<&str> = seen.into_iter().collect();
     messages
         .iter()
         .filter(|m| m.id.as_deref().is_none_or(|id| ids.insert(id)))
@@ -377,6 +377,16 @@ mod tests {
         let r = replay(&history, &Point::since(&ulid_at(29_000)), NOW);
         assert_eq!(ids(&r.messages), ["a", &*history[2].id.clone().unwrap()]);
         assert!(!r.recovered, "the oldest entry (30 s) is newer than 29 s");
+    }
+
+    #[test]
+    fn an_entry_with_an_empty_id_is_replayed_after_a_point_without_one() {
+        // Found by fuzz/resume: a point without an id (a channel's creation,
+        // or after a message without one) drops entries whose id is "".
+        let entry = r#"{"type":"A","id":"","ts":30000}"#;
+        let history = vec![Arc::new(validate_published(Bytes::from(entry)).unwrap())];
+        let r = replay(&history, &Point::at(29_000), NOW);
+        assert_eq!(ids(&r.messages), [""]);
     }
 
     #[test]

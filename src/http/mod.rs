@@ -7,7 +7,7 @@ mod admin;
 mod client_ip;
 pub mod reply;
 mod slots;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;

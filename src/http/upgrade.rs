@@ -259,7 +259,7 @@ fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
 
 /// The token from `?token=`, `Authorization: Bearer`, or the
 /// `bearer.<JWT>` subprotocol, in that order.
-fn token_from(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
+fn token_from<B>(req: &Request<B>, offered: &[String]) -> Option<String> {
     if let Some(token) = query_param(req.uri().query(), "token") {
         return Some(token);
     }
@@ -287,6 +287,37 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// The handshake's header parsing, for the fuzz targets (`fuzz/`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::{bearer, query_param};
+    use http::{HeaderMap, Request};
+
+    pub const SUBPROTOCOL: &str = super::SUBPROTOCOL;
+    pub const BEARER_PROTOCOL: &str = super::BEARER_PROTOCOL;
+
+    pub fn upgrade_key(headers: &HeaderMap) -> Option<&str> {
+        super::upgrade_key(headers)
+    }
+
+    pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+        super::origin_allowed(headers, allowed)
+    }
+
+    pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+        super::offered_protocols(headers)
+    }
+
+    pub fn token_from<B>(req: &Request<B>, offered: &[String]) -> Option<String> {
+        super::token_from(req, offered)
+    }
+
+    /// The `since` of a handshake's query, as `handle` reads it.
+    pub fn since(query: Option<&str>) -> Option<String> {
+        query_param(query, "since").filter(|s| !s.is_empty())
+    }
 }
 
 #[cfg(test)]
