@@ -33,7 +33,7 @@ run() {
   case $1 in
     idle-1k)        bench idle-1k  --connections 1000  --publish none --idle 5s ;;
     idle-10k)       bench idle-10k --connections 10000 --publish none --idle 5s ;;
-    idle-19k)       bench idle-19k --connections 19000 --publish none --idle 5s ;;
+    idle-17k)       bench idle-17k --connections 17000 --publish none --idle 5s ;;
     broadcast-1k-10)   bench broadcast-1k-10   --connections 1000  --rate 10  --duration 20s --baseline ;;
     broadcast-2k-10)   bench broadcast-2k-10   --connections 2000  --rate 10  --duration 20s --baseline ;;
     broadcast-5k-10)   bench broadcast-5k-10   --connections 5000  --rate 10  --duration 20s --baseline ;;
@@ -47,7 +47,7 @@ run() {
 }
 
 if [ $# -eq 0 ]; then
-  set -- idle-1k idle-10k idle-19k broadcast-1k-10 broadcast-2k-10 broadcast-5k-10 \
+  set -- idle-1k idle-10k idle-17k broadcast-1k-10 broadcast-2k-10 broadcast-5k-10 \
          broadcast-10k-10 broadcast-10k-100 user-10k-1k user-10k-10k
 fi
 for s in "$@"; do run "$s"; done

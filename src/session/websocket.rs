@@ -107,7 +107,10 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Acc
                             return End::ClientGone;
                         }
                         Verdict::Act(action) => {
-                            if let Some(end) = act(ws, action, access, cfg, &mut heartbeat, &mut commands).await {
+                            // Boxed: its state would otherwise sit in every
+                            // idle session's future.
+                            let acting = Box::pin(act(ws, action, access, cfg, &mut heartbeat, &mut commands));
+                            if let Some(end) = acting.await {
                                 return end;
                             }
                             timer.as_mut().reset(heartbeat.next_deadline());
@@ -189,7 +192,12 @@ async fn act(
 /// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
 /// Cheap: a client without credentials holds its capacity slot for at most
 /// [`REFUSAL_GRACE`] (twice, with the linger), however it behaves.
-pub async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
+pub async fn refuse(ws: Ws, code: &str, message: &str, close_code: u16) {
+    // Boxed, like `close_for`: rare, and big.
+    Box::pin(refuse_now(ws, code, message, close_code)).await
+}
+
+async fn refuse_now(mut ws: Ws, code: &str, message: &str, close_code: u16) {
     let refusal = async {
         if ws
             .send(Message::Text(protocol::error(code, message)))
@@ -205,6 +213,12 @@ pub async fn refuse(mut ws: Ws, code: &str, message: &str, close_code: u16) {
 
 /// Closes with `end`'s code and reason: the session's end.
 async fn close_for(ws: &mut Ws, end: End) -> End {
+    // Boxed: the close handshake and the linger are big futures, and the
+    // session's future would otherwise carry room for them all its life.
+    Box::pin(close_now(ws, end)).await
+}
+
+async fn close_now(ws: &mut Ws, end: End) -> End {
     // Every end the server closes for has a code.
     let code = end.code().unwrap_or(close::GOING_AWAY);
     close_with(ws, code, end.reason(), CLOSE_GRACE).await;

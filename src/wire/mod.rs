@@ -170,7 +170,9 @@ impl Wire {
     pub async fn linger(&self, limit: std::time::Duration) {
         let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Write);
         let drain = async {
-            let mut scratch = [0u8; 16 * 1024];
+            // On the heap, and only now: an array here would sit in every
+            // session's future (16 KiB per idle connection).
+            let mut scratch = vec![0u8; 16 * 1024];
             let mut left = LINGER_MAX_BYTES;
             while left > 0 && self.socket.readable().await.is_ok() {
                 match self.socket.try_read(&mut scratch) {
