@@ -165,13 +165,7 @@ impl Hub {
         state.connections.insert(id, wire.clone());
         state.by_transport[transport as usize] += 1;
         for name in &channels {
-            let channel = state.channels.entry(name.clone()).or_insert_with(|| {
-                // Under the hub's lock: the broker learns of wants and
-                // unwants in membership order.
-                self.shared.desired.want(name);
-                Channel::new(crate::publish::unix_millis())
-            });
-            channel.members.insert(id, wire.clone());
+            self.add_member(&mut state, name, id, &wire);
         }
         drop(state);
         // Even a channel subscribed long ago is confirmed by the next
@@ -201,11 +195,7 @@ impl Hub {
         }
         let mut state = lock(&self.shared.state);
         let wire = state.connections.get(registration.id)?.clone();
-        let entry = state.channels.entry(channel.clone()).or_insert_with(|| {
-            self.shared.desired.want(&channel);
-            Channel::new(crate::publish::unix_millis())
-        });
-        entry.members.insert(registration.id, wire);
+        self.add_member(&mut state, &channel, registration.id, &wire);
         drop(state);
         let ready = self
             .shared
@@ -226,13 +216,33 @@ impl Hub {
         }
         registration.channels.remove(i);
         let mut state = lock(&self.shared.state);
-        if let Some(entry) = state.channels.get_mut(channel) {
-            entry.members.remove(registration.id);
-            if entry.members.is_empty() {
-                state.channels.remove(channel);
-                self.shared.desired.unwant(channel);
-            }
+        self.remove_member(&mut state, channel, registration.id);
+    }
+
+    /// Adds `id` to a channel, creating it (and wanting its subscription)
+    /// for its first member. Under the hub's lock, so the broker learns of
+    /// wants and unwants in membership order.
+    fn add_member(&self, state: &mut State, name: &str, id: ConnId, wire: &Arc<Wire>) {
+        let channel = state.channels.entry(name.into()).or_insert_with(|| {
+            self.shared.desired.want(name);
+            Channel::new(crate::publish::unix_millis())
+        });
+        channel.members.insert(id, wire.clone());
+    }
+
+    /// Removes `id` from a channel, dropping the channel (and its
+    /// subscription) with its last member; true when it did.
+    fn remove_member(&self, state: &mut State, name: &str, id: ConnId) -> bool {
+        let Some(channel) = state.channels.get_mut(name) else {
+            return false;
+        };
+        channel.members.remove(id);
+        if !channel.members.is_empty() {
+            return false;
         }
+        state.channels.remove(name);
+        self.shared.desired.unwant(name);
+        true
     }
 
     fn unregister(&self, id: ConnId, transport: Transport, channels: &[Box<str>]) {
@@ -242,16 +252,9 @@ impl Hub {
         }
         state.by_transport[transport as usize] -= 1;
         for (i, name) in channels.iter().enumerate() {
-            let Some(channel) = state.channels.get_mut(name) else {
-                continue;
-            };
-            channel.members.remove(id);
-            if channel.members.is_empty() {
-                state.channels.remove(name);
-                self.shared.desired.unwant(name);
-                if i == 0 {
-                    state.users -= 1;
-                }
+            // The user channel comes first: its last member was the user's.
+            if self.remove_member(&mut state, name, id) && i == 0 {
+                state.users -= 1;
             }
         }
     }
