@@ -120,9 +120,10 @@ async fn big_messages_to_a_stalled_client_are_bounded_in_bytes() {
 }
 
 /// The probe: a slow consumer that reads at a trickle never read its 4008.
-/// Its queue was dropped, but what its socket already held still drained
-/// at its pace, and the close gave up after 10 s and dropped the socket
-/// mid-frame. The close now waits as long as the client keeps reading.
+/// Its queue is dropped on overflow, and the close lingers (shutdown, then
+/// drain its input), so the kernel delivers what the socket holds and then
+/// the close frame. A reader much slower than this one could still lose the
+/// close frame left in the gateway's queue after the 10 s close grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_reading_at_a_trickle_still_reads_its_4008() {
     let redis = Redis::start();
