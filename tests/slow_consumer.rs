@@ -122,8 +122,7 @@ async fn big_messages_to_a_stalled_client_are_bounded_in_bytes() {
 /// The probe: a slow consumer that reads at a trickle never read its 4008.
 /// Its queue is dropped on overflow, and the close lingers (shutdown, then
 /// drain its input), so the kernel delivers what the socket holds and then
-/// the close frame. A reader much slower than this one could still lose the
-/// close frame left in the gateway's queue after the 10 s close grace.
+/// the close frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_reading_at_a_trickle_still_reads_its_4008() {
     let redis = Redis::start();
@@ -172,4 +171,186 @@ async fn a_slow_consumer_reading_at_a_trickle_still_reads_its_4008() {
         }
     };
     assert_eq!(code, Some(4008), "after {frames} frames");
+}
+
+/// A slow consumer on a bad network: it reads at about 32 KiB/s for 16 s,
+/// sending PINGs as its app would, then recovers and reads at full speed.
+/// Its close frame sat behind megabytes of kernel send buffer, and the
+/// socket was dropped after the 10 s close grace; the next PING to the
+/// closed socket drew a reset, which destroyed all that was unsent: the
+/// client read what its own buffer held, then a reset, never its 4008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_reads_slowly_then_recovers_reads_its_4008() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
+        .start()
+        .await;
+    let mut slow = gw.user("9", &[]).await;
+    redis.wait_numsub("ws:user:9", 1).await;
+    let pad = "x".repeat(64 * 1024);
+    let mut conn = redis.conn().await;
+    let mut overflowed = false;
+    for n in 0..1024 {
+        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
+        conn.publish("ws:user:9", msg.as_bytes()).await;
+        if n % 16 == 15 && gw.stats().await["slow_consumer_disconnects"] == 1 {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "never a slow consumer");
+    let started = std::time::Instant::now();
+    let mut frames = 0;
+    let code = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no close after {frames} frames in 120 s"
+        );
+        match slow.next_frame(Duration::from_secs(30)).await {
+            Some(Frame::Text(t)) => {
+                assert_eq!(seq_of(&t), frames, "in order, no gap");
+                frames += 1;
+                if started.elapsed() < Duration::from_secs(16) {
+                    // Its app keeps saying it is alive.
+                    slow.try_send_text(r#"{"type":"PING"}"#).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            Some(Frame::Close(code)) => break code,
+            Some(Frame::Ping) => {}
+            other => panic!(
+                "after {frames} frames in {:?}: {other:?}",
+                started.elapsed()
+            ),
+        }
+    };
+    assert_eq!(code, Some(4008), "after {frames} frames");
+}
+
+/// The next whole frame of a server's stream at `at`: its opcode, its
+/// payload and where the frame after it starts.
+fn frame_at(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    let head = buf.get(at..at + 2)?;
+    let (opcode, len7) = (head[0] & 0x0f, (head[1] & 0x7f) as usize);
+    let (len, start) = match len7 {
+        126 => (
+            u16::from_be_bytes(buf.get(at + 2..at + 4)?.try_into().ok()?) as usize,
+            at + 4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(at + 2..at + 10)?.try_into().ok()?) as usize,
+            at + 10,
+        ),
+        n => (n, at + 2),
+    };
+    Some((opcode, buf.get(start..start + len)?, start + len))
+}
+
+/// A WebSocket client on a raw socket, so that the test decides how fast
+/// it reads: the upgrade, then whatever the server sent after it.
+async fn raw_client(gw: &Gateway, user: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A small receive buffer: the gateway sees the client's reading only
+    // as its buffer frees, and a test has no minutes to wait for that.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        token(user, &[]),
+        gw.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        assert!(got.len() < 64 * 1024, "no end of the upgrade response");
+        let n = tokio::time::timeout(WAIT_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("upgrade response in time")
+            .unwrap();
+        assert!(n > 0, "closed during the upgrade");
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    (stream, got.split_off(end))
+}
+
+/// The same with 1 MiB messages, so that the frame already started when the
+/// client became a slow consumer (up to 1 MiB) takes a trickle reader far
+/// longer than the close grace: it read that frame's start, then a bare
+/// end of stream in the middle of it. It keeps sending PINGs, as its app
+/// would, while it reads slowly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_stuck_in_a_big_frame_still_reads_its_4008() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let (mut stream, mut got) = raw_client(&gw, "9").await;
+    redis.wait_numsub("ws:user:9", 1).await;
+    let pad = "x".repeat(1000 * 1000);
+    let mut conn = redis.conn().await;
+    let mut overflowed = false;
+    for n in 0..64 {
+        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
+        conn.publish("ws:user:9", msg.as_bytes()).await;
+        if gw.stats().await["slow_consumer_disconnects"] == 1 {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "never a slow consumer");
+    // 8 KiB/s for 20 s, a masked PING every 2 s; then full speed until the
+    // Close frame or the end of the stream.
+    let started = std::time::Instant::now();
+    let ping = [&[0x81u8, 0x80 | 15, 0, 0, 0, 0][..], br#"{"type":"PING"}"#].concat();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut at, mut frames, mut close, mut ticks) = (0, 0u64, None, 0u32);
+    while close.is_none() && started.elapsed() < Duration::from_secs(80) {
+        let slow = started.elapsed() < Duration::from_secs(20);
+        if slow {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ticks += 1;
+            if ticks % 8 == 0 {
+                let _ = stream.write_all(&ping).await;
+            }
+        }
+        let want = if slow { 2048 } else { buf.len() };
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf[..want])).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        while let Some((opcode, payload, next)) = frame_at(&got, at) {
+            match opcode {
+                // CONNECTED and PONGs aside, the messages in order.
+                0x1 if payload.starts_with(br#"{"type":"SEQ""#) => {
+                    let text = std::str::from_utf8(payload).unwrap();
+                    assert_eq!(seq_of(text), frames, "in order, no gap");
+                    frames += 1;
+                }
+                0x8 => close = Some(u16::from_be_bytes([payload[0], payload[1]])),
+                _ => {}
+            }
+            at = next;
+        }
+    }
+    assert_eq!(
+        close,
+        Some(4008),
+        "after {frames} frames and {} bytes in {:?}: {}",
+        got.len(),
+        started.elapsed(),
+        gw.logs_text()
+    );
 }

@@ -23,6 +23,11 @@ pub type Ws = WebSocketStream<WireStream>;
 /// How long a closing handshake may take before the socket is dropped. Long
 /// enough for a stalled client that wakes up to still read its close code.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a close may take while the client is still reading what is
+/// queued ahead of its close frame (a slow consumer in the middle of a big
+/// message, or a drain that writes what is queued): every [`CLOSE_GRACE`]
+/// in which the queue shrank earns another, up to this.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a refusal after the upgrade may take to write and close.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// How long a closed connection reads what its client still sends.
@@ -204,7 +209,7 @@ async fn refuse_now(mut ws: Ws, code: &str, message: &str, close_code: u16) {
             .await
             .is_ok()
         {
-            close_with(&mut ws, close_code, code, REFUSAL_GRACE).await;
+            close_with(&mut ws, close_code, code, REFUSAL_GRACE, REFUSAL_GRACE).await;
         }
     };
     let _ = tokio::time::timeout(REFUSAL_GRACE, refusal).await;
@@ -221,22 +226,41 @@ async fn close_for(ws: &mut Ws, end: End) -> End {
 async fn close_now(ws: &mut Ws, end: End) -> End {
     // Every end the server closes for has a code.
     let code = end.code().unwrap_or(close::GOING_AWAY);
-    close_with(ws, code, end.reason(), CLOSE_GRACE).await;
+    close_with(ws, code, end.reason(), CLOSE_GRACE, CLOSE_PATIENCE).await;
     ws.get_ref().wire().linger(LINGER).await;
     end
 }
 
-/// Starts the closing handshake with `code` and waits (bounded) for the
-/// client's reply, so the client reads the code before the socket goes.
-async fn close_with(ws: &mut Ws, code: u16, reason: &str, grace: Duration) {
+/// Starts the closing handshake with `code` and waits for the client's
+/// reply, so the client reads the code before the socket goes: for `grace`,
+/// and again while the client reads what is queued ahead of the close
+/// frame, up to `patience` in all.
+async fn close_with(ws: &mut Ws, code: u16, reason: &str, grace: Duration, patience: Duration) {
     let frame = CloseFrame {
         code: protocol::close_code(code),
         reason: reason.into(),
     };
+    let wire = ws.get_ref().wire().clone();
     let handshake = async {
         ws.close(Some(frame)).await?;
         while ws.next().await.is_some() {}
         Ok::<(), WsError>(())
     };
-    let _ = tokio::time::timeout(grace, handshake).await;
+    tokio::pin!(handshake);
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut pending = wire.pending_bytes();
+    loop {
+        let deadline = give_up.min(tokio::time::Instant::now() + grace);
+        if tokio::time::timeout_at(deadline, &mut handshake)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let now_pending = wire.pending_bytes();
+        if now_pending == 0 || now_pending >= pending || deadline >= give_up {
+            return;
+        }
+        pending = now_pending;
+    }
 }

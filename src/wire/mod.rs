@@ -50,6 +50,26 @@ use tokio::sync::Notify;
 /// The most a closing connection reads and discards ([`Wire::linger`]).
 pub const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
 
+/// The most a connection's kernel send buffer holds that it has not yet
+/// sent to the client.
+const KERNEL_UNSENT_BYTES: u32 = 64 * 1024;
+
+/// Keeps what the kernel holds for a client that does not read to
+/// [`KERNEL_UNSENT_BYTES`] (`TCP_NOTSENT_LOWAT`), instead of the
+/// megabytes the send buffer grows to; the rest waits in the outbox, where
+/// it counts against the client's limits. That bounds the kernel memory a
+/// stalled client holds, and it makes the outbox's progress the client's
+/// progress: a slow consumer's close frame enters the kernel only a little
+/// ahead of the client's reading, so once it is sent the socket can go
+/// without a reset destroying it (which a client that keeps sending would
+/// cause, while megabytes were still unsent).
+fn limit_unsent(socket: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(socket).set_tcp_notsent_lowat(KERNEL_UNSENT_BYTES);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
+}
+
 /// Why the server closes a connection from outside its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -83,6 +103,7 @@ impl Wire {
     /// `limits`: what may be queued before the client counts as a slow
     /// consumer. Live messages are held until [`Wire::release`].
     pub fn new(socket: TcpStream, limits: Limits, stats: Arc<Stats>) -> Arc<Self> {
+        limit_unsent(&socket);
         Arc::new(Self {
             socket,
             state: Mutex::new(Outbox::new(limits)),
@@ -139,6 +160,12 @@ impl Wire {
 
     pub fn has_pending(&self) -> bool {
         lock(&self.state).has_pending()
+    }
+
+    /// The bytes queued and not yet taken by the kernel: while this shrinks
+    /// the client is reading.
+    pub fn pending_bytes(&self) -> usize {
+        lock(&self.state).pending_bytes()
     }
 
     /// Resolves when something changed: bytes queued, or the wire closed.

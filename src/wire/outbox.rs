@@ -158,6 +158,10 @@ impl Outbox {
         !self.pending.is_empty()
     }
 
+    pub(super) fn pending_bytes(&self) -> usize {
+        self.pending.iter().map(Chunk::left).sum()
+    }
+
     /// Writes queued chunks until done or the socket is full; counts the
     /// messages completed as delivered.
     pub(super) fn write_pending(

@@ -21,7 +21,7 @@ impl WireStream {
         Self { wire }
     }
 
-    pub fn wire(&self) -> &Wire {
+    pub fn wire(&self) -> &Arc<Wire> {
         &self.wire
     }
 }

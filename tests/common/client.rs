@@ -329,6 +329,12 @@ impl Client {
             .expect("send text frame");
     }
 
+    /// Sends a text frame, as a browser's `send` does: whether the
+    /// connection is still there is for the reads to say.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(Message::text(text.to_string())).await.is_ok()
+    }
+
     /// Sends a PING and expects the matching PONG.
     pub async fn ping_pong(&mut self, ts: i64) {
         self.send_text(&format!(r#"{{"type":"PING","ts":{ts}}}"#))
