@@ -108,21 +108,32 @@ async fn readyz_status(gw: &Gateway) -> Option<u16> {
 /// Publishes `per_tick` SEQ messages through the canonical path every
 /// 10 ms, for at most `ticks` ticks and `limit`, or until `done()`; returns
 /// the last seq published (ids are the messages' own).
+///
+/// It never runs more than half the history ahead of the slowest of
+/// `readers` (how many messages each client has read): a client that falls
+/// further behind, as one does on a loaded machine, would resume from an
+/// id the history no longer holds, and `recovered: false` would then be
+/// the right answer, not a loss.
 async fn publish_steadily(
     port: u16,
     per_tick: u64,
     ticks: usize,
     limit: Duration,
     done: impl Fn() -> bool,
+    readers: Vec<Arc<AtomicU64>>,
 ) -> Result<(u64, Option<Vec<String>>), String> {
     let mut conn = RespConn::try_connect(port, Duration::from_secs(2)).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let started = Instant::now();
     let mut seq = 0u64;
+    let slowest = || readers.iter().map(|r| r.load(Ordering::Relaxed)).min();
     for _ in 0..ticks {
         tick.tick().await;
         if done() || started.elapsed() > limit {
             break;
+        }
+        if slowest().is_some_and(|read| read + (HISTORY as u64) / 2 < seq) {
+            continue;
         }
         for _ in 0..per_tick {
             let acked = conn
@@ -230,6 +241,9 @@ struct Cycle {
     /// Counts the client's resumed connections (for a publisher that runs
     /// until there were enough).
     resumes: Arc<AtomicU64>,
+    /// How many messages the client has read (for a publisher that must
+    /// not outrun the history).
+    read: Arc<AtomicU64>,
 }
 
 impl Cycle {
@@ -240,6 +254,7 @@ impl Cycle {
             max_connections: 200,
             limit: Duration::from_secs(45),
             resumes: Arc::default(),
+            read: Arc::default(),
         }
     }
 }
@@ -353,6 +368,7 @@ async fn reconnecting_client(
                     })?;
                     log.seqs.push(seq);
                     log.ids.push(id);
+                    cycle.read.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(other) => {
                     return Err(format!(
@@ -509,9 +525,11 @@ async fn gapless_under_load_with_reconnects() {
             .start()
             .await,
     );
-    // ~300 messages/s (3 every 10 ms) for ~8 s, through the canonical path.
-    let publish = move || publish_steadily(port, 3, 800, Duration::from_secs(12), || false);
     let cycles = [(300, 700), (500, 1000), (300, 1000)].map(Cycle::new);
+    let readers = cycles.iter().map(|c| c.read.clone()).collect();
+    // ~300 messages/s (3 every 10 ms) for ~8 s, through the canonical path.
+    let publish =
+        move || publish_steadily(port, 3, 800, Duration::from_secs(12), || false, readers);
     gapless_scenario(gw.clone(), Some(&redis), &cycles, publish).await;
 }
 
@@ -545,12 +563,15 @@ async fn rapid_single_connection_resumes_lose_nothing() {
         max_connections: 5000,
         limit: Duration::from_secs(150),
         resumes: Arc::default(),
+        read: Arc::default(),
     };
     // ~2000 messages/s (20 every 10 ms) until the client resumed 1000 times
     // (at most 120 s).
     let resumes = cycle.resumes.clone();
     let enough = move || resumes.load(Ordering::Relaxed) >= RESUMES;
-    let publish = move || publish_steadily(port, 20, 12_000, Duration::from_secs(120), enough);
+    let readers = vec![cycle.read.clone()];
+    let publish =
+        move || publish_steadily(port, 20, 12_000, Duration::from_secs(120), enough, readers);
     let resumed = gapless_scenario(gw.clone(), Some(&redis), &[cycle], publish).await;
     assert!(
         resumed[0] as u64 >= RESUMES,
