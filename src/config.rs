@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// CIDRs whose `X-Forwarded-For` / `Forwarded` give the client IP.
     pub trusted_proxies: Vec<String>,
+    /// On SIGTERM, how long the instance stays not ready before the drain:
+    /// for load balancers that find out by health checks.
+    pub shutdown_delay_secs: u64,
     pub shutdown_drain_secs: u64,
 }
 
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             max_message_bytes: 65536,
             max_connections: 0,
             trusted_proxies: Vec::new(),
+            shutdown_delay_secs: 0,
             shutdown_drain_secs: 10,
         }
     }

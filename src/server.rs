@@ -140,6 +140,7 @@ pub async fn run_until(
         print_dev_banner(&config, addr, dev_secret_file.as_deref())?;
     }
 
+    let drain_delay = Duration::from_secs(config.server.shutdown_delay_secs);
     let drain_window = Duration::from_secs(config.server.shutdown_drain_secs);
     let capacity = config.server.capacity(open_files_limit());
     if config.server.max_connections > capacity.max_connections {
@@ -184,13 +185,23 @@ pub async fn run_until(
     });
 
     stop.await;
+    // Keep answering HTTP while draining: /readyz says 503 and new
+    // WebSockets get 503 draining, as load balancers expect. A balancer
+    // that learns this from its health checks gets `shutdown_delay_secs`
+    // to take the instance out before the first client is closed.
+    hub.stop_accepting();
+    if !drain_delay.is_zero() {
+        tracing::info!(
+            delay_secs = drain_delay.as_secs(),
+            "shutting down: not ready"
+        );
+        tokio::time::sleep(drain_delay).await;
+    }
     tracing::info!(
         connections = hub.connection_count(),
         drain_secs = drain_window.as_secs(),
         "shutting down: closing clients with 1001"
     );
-    // Keep answering HTTP while draining: /readyz says 503 and new
-    // WebSockets get 503 draining, as load balancers expect.
     hub.drain(drain_window).await;
     hub.wait_empty(CLOSE_WAIT).await;
     services.stop(SERVICES_STOP).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -273,6 +273,46 @@ async fn drain_releases_each_connection_when_its_close_completes() {
         "closes completed within {:?} of each other (first at {first:?}, last at {last:?}): \
          not spread over the 2 s window",
         last - first
+    );
+}
+
+/// A load balancer that health-checks `/readyz` must see the instance not
+/// ready before any of its clients is closed, or their reconnects come back
+/// to it: `shutdown_delay_secs` holds the drain back, while new connections
+/// are already refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_delay_turns_the_instance_not_ready_before_the_first_close() {
+    let gw = gateway()
+        .env("GATEWAY_SERVER_SHUTDOWN_DELAY_SECS", "2")
+        .env("GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "1")
+        .start()
+        .await;
+    let mut c = gw.user("42", &[]).await;
+    let signalled = Instant::now();
+    gw.sigterm();
+    let not_ready = wait_until(Duration::from_secs(5), || async {
+        gw.try_get("/readyz")
+            .await
+            .is_some_and(|r| r.status == 503 && r.json()["reason"] == "draining")
+    })
+    .await;
+    assert!(not_ready, "/readyz did not turn 503 draining");
+    let not_ready_at = signalled.elapsed();
+    let refused = expect_refusal(gw.connect_raw(&ConnectOpts::token(&token("7", &[]))).await);
+    assert_eq!(refused.status, 503, "a new connection while draining");
+    let code = loop {
+        match c.next_frame(Duration::from_secs(10)).await {
+            Some(Frame::Close(code)) => break code,
+            Some(Frame::Ping) => {}
+            other => panic!("expected the 1001, got {other:?}"),
+        }
+    };
+    let closed_at = signalled.elapsed();
+    assert_eq!(code, Some(1001));
+    assert!(
+        closed_at >= Duration::from_secs(2) && not_ready_at < closed_at,
+        "not ready at {not_ready_at:?}, the client closed at {closed_at:?}: \
+         the close must wait the 2 s delay"
     );
 }
 

@@ -416,6 +416,12 @@ impl Hub {
         }
     }
 
+    /// From now on the instance is draining: not ready, and new
+    /// connections are refused; [`Hub::drain`] then closes the open ones.
+    pub fn stop_accepting(&self) {
+        lock(&self.shared.state).draining = true;
+    }
+
     pub fn is_draining(&self) -> bool {
         lock(&self.shared.state).draining
     }
