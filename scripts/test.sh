@@ -14,11 +14,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # What the tests need from Debian: redis-server (integration tests start their
-# own on free ports), chromium (the browser test of the test console), and
+# own on free ports), chromium (the browser test of the test console), haproxy
+# (tests/load_balancer.rs runs deploy/haproxy/haproxy.cfg), and
 # python3 with venv and node with npm (tests/readme.rs runs the README's
 # recipes). The machine usually has python3 and node already.
+# haproxy (the load-balancer test) lands in /usr/sbin, not on every PATH.
+export PATH="$PATH:/usr/sbin"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
