@@ -24,6 +24,7 @@ const SPEC_SERIES: &[&str] = &[
     "slow_consumer_disconnects_total",
     "client_messages_total",
     "broker_up",
+    "ready",
     "broker_reconnects_total",
     "canary_round_trip_seconds",
     "delivery_latency_seconds",
@@ -113,6 +114,7 @@ async fn every_series_is_there_and_moves_with_real_traffic() {
     }
     assert_eq!(s.get(r#"connections{transport="ws"}"#), 0.0);
     assert_eq!(s.get("broker_up"), 1.0);
+    assert_eq!(s.get("ready"), 1.0, "started ready");
     assert!(s
         .text
         .contains("# TYPE ws_gateway_delivery_latency_seconds histogram"));
@@ -236,10 +238,15 @@ async fn every_series_is_there_and_moves_with_real_traffic() {
 
     // A Redis restart.
     redis.kill();
-    scrape_until(&gw, "broker_up 0", |s| s.get("broker_up") == 0.0).await;
+    scrape_until(&gw, "broker_up 0, not ready", |s| {
+        s.get("broker_up") == 0.0 && s.get("ready") == 0.0
+    })
+    .await;
     let _redis = Redis::start_on(port);
-    let s = scrape_until(&gw, "the reconnect", |s| {
-        s.get("broker_up") == 1.0 && s.get("broker_reconnects_total") == 1.0
+    let s = scrape_until(&gw, "the reconnect, ready again", |s| {
+        s.get("broker_up") == 1.0
+            && s.get("broker_reconnects_total") == 1.0
+            && s.get("ready") == 1.0
     })
     .await;
     assert_eq!(s.get(r#"connections{transport="ws"}"#), 1.0);

@@ -366,6 +366,7 @@ fn metrics(app: &App) -> Response<reply::Body> {
         users: snapshot.users,
         subscriptions: snapshot.subscriptions,
         broker_up: app.broker.is_up(),
+        ready: app.probe().not_ready_reason().is_none(),
     };
     reply::prometheus(app.hub.stats().render(&gauges))
 }

@@ -32,6 +32,7 @@ const CONNECTIONS: &str = "ws_gateway_connections";
 const USERS: &str = "ws_gateway_users";
 const SUBSCRIPTIONS: &str = "ws_gateway_subscriptions";
 const BROKER_UP: &str = "ws_gateway_broker_up";
+const READY: &str = "ws_gateway_ready";
 
 /// Every series with its help text.
 const HELP: &[(&str, &str)] = &[
@@ -44,6 +45,10 @@ const HELP: &[(&str, &str)] = &[
     (
         BROKER_UP,
         "1 while the broker connection is established, else 0",
+    ),
+    (
+        READY,
+        "1 while /readyz says ready (broker up, delivery canary fresh, not draining), else 0",
     ),
     (
         "ws_gateway_connections_opened_total",
@@ -109,6 +114,8 @@ pub struct Gauges {
     pub users: usize,
     pub subscriptions: usize,
     pub broker_up: bool,
+    /// What `/readyz` says.
+    pub ready: bool,
 }
 
 pub(super) struct Exporter {
@@ -209,8 +216,9 @@ impl Exporter {
             Key::from_static_name(SUBSCRIPTIONS),
             gauges.subscriptions as f64,
         );
-        let up = if gauges.broker_up { 1.0 } else { 0.0 };
-        gauge(Key::from_static_name(BROKER_UP), up);
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        gauge(Key::from_static_name(BROKER_UP), flag(gauges.broker_up));
+        gauge(Key::from_static_name(READY), flag(gauges.ready));
         self.handle.render()
     }
 
@@ -229,6 +237,7 @@ mod tests {
             users: 2,
             subscriptions: 3,
             broker_up: true,
+            ready: false,
         }
     }
 
@@ -251,6 +260,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ws_gateway_broker_up 1"), "{text}");
+        assert!(text.contains("ws_gateway_ready 0"), "{text}");
         assert!(
             text.contains("ws_gateway_connections_closed_total{reason=\"slow_consumer\"} 0"),
             "{text}"
