@@ -91,13 +91,16 @@ def need(ok, what):
     if not ok:
         errors.append(what)
 
-# SIGTERM comes after preStop; then the drain window, then up to 5 s of
-# closing handshakes and 1 s of stopping (src/server.rs: CLOSE_WAIT, SERVICES_STOP).
+# SIGTERM comes after preStop; then shutdown_delay_secs (where the binary has
+# it; default 0) and the drain window, then up to 5 s of closing handshakes and
+# 1 s of stopping (src/server.rs: CLOSE_WAIT, SERVICES_STOP).
 pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+delay = config.get("server", {}).get("shutdown_delay_secs", 0)
 drain = config.get("server", {}).get("shutdown_drain_secs", 10)
 grace = pod.get("terminationGracePeriodSeconds", 30)
-need(grace > pre_stop + drain + 6,
-     f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + shutdown_drain_secs {drain} + 6")
+need(grace > pre_stop + delay + drain + 6,
+     f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + shutdown_delay_secs {delay}"
+     f" + shutdown_drain_secs {drain} + 6")
 sc = c.get("securityContext", {})
 need(pod.get("securityContext", {}).get("runAsNonRoot") is True, "pod runAsNonRoot")
 need(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
