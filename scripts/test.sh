@@ -66,6 +66,9 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 
+step "deploy manifests"
+bash scripts/check-deploy.sh
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
