@@ -6,10 +6,12 @@ Helm's own Go SDK (Helm v4), to lint the chart and to render it with several
 sets of values. For each render: the values pass values.schema.json, every
 manifest parses as YAML, the ConfigMap's gateway.toml parses as TOML and holds
 exactly .Values.config (null keys and empty sections left out), and, given a
-ws-gateway binary, `ws-gateway check-config` accepts that file. Values that
+ws-gateway binary, `ws-gateway check-config` accepts that file. When the
+package kubernetes-validate is installed, every manifest but the Prometheus
+Operator's is also validated, strictly, against Kubernetes 1.30's schemas. Values that
 must fail (schema or template `fail`) are checked to fail.
 
-    python3 -m venv venv && venv/bin/pip install helm-python-sdk pyyaml
+    python3 -m venv venv && venv/bin/pip install helm-python-sdk pyyaml [kubernetes-validate]
     venv/bin/python helm/check-chart.py [--binary target/release/ws-gateway]
 
 Exit 0 when everything holds; the last line is "N passed, N failed".
@@ -26,6 +28,16 @@ from pathlib import Path
 
 import helm_python as helm
 import yaml
+
+try:  # optional: strict validation of the manifests against Kubernetes' schemas
+    import kubernetes_validate
+except ImportError:
+    kubernetes_validate = None
+
+# Kubernetes version the manifests are validated against: the SDK renders with
+# its default capabilities (newer than 1.30), so the `sleep` preStop action is
+# in; 1.30 is the first version that has it on by default.
+KUBE_SCHEMA = "1.30.0"
 
 CHART = Path(__file__).resolve().parent / "ws-gateway"
 
@@ -108,6 +120,13 @@ def check_good(name, values, binary):
         if path.endswith("NOTES.txt"):
             continue
         docs += [d for d in yaml.safe_load_all(text) if d]
+    checked = ""
+    if kubernetes_validate:
+        for d in docs:
+            if d["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue  # a CRD: no schema in the package
+            kubernetes_validate.validate(d, KUBE_SCHEMA, strict=True)
+        checked = f"; valid (strict) for Kubernetes {KUBE_SCHEMA}"
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     text = cm["data"]["gateway.toml"]
     parsed = tomllib.loads(text)
@@ -124,7 +143,7 @@ def check_good(name, values, binary):
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise AssertionError(f"check-config exit {r.returncode}: {r.stderr.strip()}")
-    return f"{len(docs)} manifests: " + ", ".join(sorted(d["kind"] for d in docs))
+    return f"{len(docs)} manifests: " + ", ".join(sorted(d["kind"] for d in docs)) + checked
 
 
 def check_bad(name, values, word):
