@@ -78,6 +78,9 @@ BAD = {
     "unknown section": ({"config": {"sever": {}}}, "sever"),
     "algorithm none": ({"config": {"auth": {"algorithms": ["none"]}}}, "algorithms"),
     "grace period too short": ({"terminationGracePeriodSeconds": 15}, "terminationGracePeriodSeconds"),
+    "grace period short of the delay": ({"config": {"server": {"shutdown_delay_secs": 11}}}, "shutdown_delay_secs (11)"),
+    "grace period short of extraEnv's drain": (
+        {"extraEnv": [{"name": "GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "value": "21"}]}, "shutdown_drain_secs (21)"),
     "unknown top-level value": ({"replicas": 3}, "replicas"),
 }
 

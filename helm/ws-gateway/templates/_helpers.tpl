@@ -169,30 +169,34 @@ from config.server.metrics_listen, or GATEWAY_SERVER_METRICS_LISTEN in extraEnv.
 {{- end }}
 
 {{/*
-config.server.shutdown_drain_secs as the gateway will see it: extraEnv's
-GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS if set literally, else the value, else the
-built-in default 10.
+A config.server key in seconds as the gateway will see it: extraEnv's
+GATEWAY_SERVER_<KEY> if set literally there, else the value, else the
+built-in default. Call with (list $ "shutdown_drain_secs" 10).
 */}}
-{{- define "ws-gateway.drainSecs" -}}
-{{- $env := include "ws-gateway.extraEnvValue" (list . "GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS") }}
+{{- define "ws-gateway.serverSecs" -}}
+{{- $root := index . 0 }}
+{{- $key := index . 1 }}
+{{- $env := include "ws-gateway.extraEnvValue" (list $root (printf "GATEWAY_SERVER_%s" (upper $key))) }}
 {{- if $env }}
 {{- $env | int64 }}
 {{- else }}
-{{- dig "server" "shutdown_drain_secs" 10 .Values.config | int64 }}
+{{- dig "server" $key (index . 2) $root.Values.config | int64 }}
 {{- end }}
 {{- end }}
 
 {{/*
 Fails the render when the termination grace period cannot cover the preStop
-pause, the drain window and a margin of 5 s for the last closes and the exit.
+pause, the not-ready delay, the drain window and a margin of 5 s for the last
+closes and the exit.
 */}}
 {{- define "ws-gateway.checkGracePeriod" -}}
 {{- $preStop := .Values.lifecycle.preStopSleepSeconds | int64 }}
-{{- $drain := include "ws-gateway.drainSecs" . | int64 }}
+{{- $delay := include "ws-gateway.serverSecs" (list . "shutdown_delay_secs" 0) | int64 }}
+{{- $drain := include "ws-gateway.serverSecs" (list . "shutdown_drain_secs" 10) | int64 }}
 {{- $grace := .Values.terminationGracePeriodSeconds | int64 }}
-{{- $needed := add $preStop $drain 5 }}
+{{- $needed := add $preStop $delay $drain 5 }}
 {{- if lt $grace $needed }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least lifecycle.preStopSleepSeconds (%d) + config.server.shutdown_drain_secs (%d) + 5 = %d, or SIGKILL cuts the drain short" $grace $preStop $drain $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least lifecycle.preStopSleepSeconds (%d) + config.server.shutdown_delay_secs (%d) + config.server.shutdown_drain_secs (%d) + 5 = %d, or SIGKILL cuts the drain short" $grace $preStop $delay $drain $needed) }}
 {{- end }}
 {{- end }}
 
@@ -266,8 +270,8 @@ Anything else (null inside a list) fails the render.
 First the header [path] and the table's own keys, sorted (TOML needs them
 before any sub-table header); then each map-valued key as the sub-table
 [path.key], recursively, after a blank line. Keys at the root (path "") come
-before every header, as TOML wants; the gateway has none (the schema says so). The header is written only when the table has keys of
-its own, so an empty section is left out and a table holding only sub-tables
+before every header, as TOML wants; the gateway has none (the schema says
+so). The header is written only when the table has keys of its own, so an empty section is left out and a table holding only sub-tables
 is implied by theirs. Null values are left out: the gateway's built-in default
 applies.
 */}}
