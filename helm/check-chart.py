@@ -62,6 +62,7 @@ GOOD = {
         "autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80},
         "ingress": {"enabled": True, "tls": [{"secretName": "t", "hosts": ["ws.example.com"]}]},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+        "prometheusRule": {"enabled": True},
         "podDisruptionBudget": {"minAvailable": "50%"},
     },
     "inline secret, a key removed": {
@@ -130,6 +131,10 @@ def check_good(name, values, binary):
                 continue  # a CRD: no schema in the package
             kubernetes_validate.validate(d, KUBE_SCHEMA, strict=True)
         checked = f"; valid (strict) for Kubernetes {KUBE_SCHEMA}"
+    for rule in (d for d in docs if d["kind"] == "PrometheusRule"):
+        want_groups = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())["groups"]
+        if rule["spec"]["groups"] != want_groups:
+            raise AssertionError("the PrometheusRule's groups are not those of files/alerts.yaml")
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     text = cm["data"]["gateway.toml"]
     parsed = tomllib.loads(text)
