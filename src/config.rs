@@ -20,6 +20,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub connection: ConnectionConfig,
+    pub socketio: SocketIoConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +175,46 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// Socket.IO clients (SPEC §11).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoConfig {
+    pub enabled: bool,
+    pub path: String,
+    /// "data": a message's `data` field (else the whole message);
+    /// "message": the whole message.
+    pub payload: String,
+    /// Message type → event name. `[socketio.events]` in the file and
+    /// `GATEWAY_SOCKETIO_EVENTS="TYPE=event,…"` extend and override this.
+    pub events: BTreeMap<String, String>,
+}
+
+/// Seed 000's event names, which the finance app's frontends listen for.
+const SEED_EVENTS: &[(&str, &str)] = &[
+    ("NEW_TRANSACTION", "transaction:created"),
+    ("TRANSACTION_UPDATED", "transaction:updated"),
+    ("TRANSACTION_DELETED", "transaction:deleted"),
+    ("BUDGET_ALERT", "budget:threshold_exceeded"),
+    ("BUDGET_UPDATED", "budget:updated"),
+    ("GOAL_PROGRESS_UPDATE", "goal:progress_updated"),
+    ("GOAL_ACHIEVED", "goal:milestone_reached"),
+    ("BALANCE_UPDATE", "balance:updated"),
+];
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/socket.io/".into(),
+            payload: "data".into(),
+            events: SEED_EVENTS
+                .iter()
+                .map(|(kind, event)| (kind.to_string(), event.to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// A configuration error; the message always names the key or variable.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -320,15 +361,24 @@ fn defaults_table() -> Table {
     }
 }
 
+/// Sets `section.key`; a table (`[socketio.events]`) extends the one
+/// there, entry by entry.
 fn set(table: &mut Table, section: &str, key: &str, value: Value) {
-    if let Some(Value::Table(keys)) = table.get_mut(section) {
-        keys.insert(key.to_string(), value);
+    let Some(Value::Table(keys)) = table.get_mut(section) else {
+        return;
+    };
+    match (keys.get_mut(key), value) {
+        (Some(Value::Table(old)), Value::Table(new)) => old.extend(new),
+        (_, value) => {
+            keys.insert(key.to_string(), value);
+        }
     }
 }
 
 fn same_type(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Array(_), Value::Array(items)) => items.iter().all(Value::is_str),
+        (Value::Table(_), Value::Table(entries)) => entries.values().all(Value::is_str),
         (Value::Integer(_), Value::Integer(n)) => *n >= 0,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),
     }
@@ -340,6 +390,7 @@ fn type_name(v: &Value) -> &'static str {
         Value::Integer(_) => "a non-negative integer",
         Value::Array(_) => "a list of strings",
         Value::Boolean(_) => "true or false",
+        Value::Table(_) => "a table of strings",
         _ => "a value",
     }
 }
@@ -359,14 +410,27 @@ fn parse_env_value(default: &Value, raw: &str) -> Result<Value, String> {
             .map(Value::Boolean)
             .map_err(|_| format!("expected true or false, got {raw:?}")),
         Value::Array(_) => Ok(Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
+            list_items(raw)
                 .map(|s| Value::String(s.to_string()))
                 .collect(),
         )),
+        // "KEY=value,KEY=value"
+        Value::Table(_) => list_items(raw)
+            .map(|item| match item.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), Value::String(v.trim().to_string())))
+                }
+                _ => Err(format!("expected KEY=value pairs, got {item:?}")),
+            })
+            .collect::<Result<Table, String>>()
+            .map(Value::Table),
         _ => Ok(Value::String(raw.to_string())),
     }
+}
+
+/// The items of a comma-separated list, trimmed, empty ones left out.
+fn list_items(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// URL schemes of `redis.url` (fred's): plain, TLS, cluster and sentinel.
@@ -462,6 +526,21 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         "connection.max_connections_per_user",
         c.connection.max_connections_per_user as u64,
     )?;
+    if !matches!(c.socketio.payload.as_str(), "data" | "message") {
+        return err(format!(
+            "socketio.payload: {:?} must be \"data\" or \"message\"",
+            c.socketio.payload
+        ));
+    }
+    let path = &c.socketio.path;
+    if !path.starts_with('/') || path.contains(['?', '#']) || path == "/" {
+        return err(format!(
+            "socketio.path: {path:?} must be a path of its own, such as \"/socket.io/\""
+        ));
+    }
+    if let Some((kind, _)) = c.socketio.events.iter().find(|(_, e)| e.is_empty()) {
+        return err(format!("socketio.events: {kind} has an empty event name"));
+    }
     Ok(())
 }
 
@@ -673,6 +752,48 @@ mod tests {
         assert!(e.0.contains("redis.url"), "{e}");
         let e = from_sources("", &env(&[("GATEWAY_CONNECTION_SEND_QUEUE", "0")])).unwrap_err();
         assert!(e.0.contains("connection.send_queue"), "{e}");
+    }
+
+    /// SPEC §11: `[socketio.events]` and `GATEWAY_SOCKETIO_EVENTS` extend
+    /// and override seed 000's table; they do not replace it.
+    #[test]
+    fn socketio_events_extend_the_seed_table() {
+        let c = from_sources("", &Overrides::default()).unwrap().config;
+        assert_eq!(
+            c.socketio.events["BUDGET_ALERT"],
+            "budget:threshold_exceeded"
+        );
+        assert_eq!(c.socketio.events.len(), 8);
+        let file = "[socketio.events]\nBUDGET_ALERT = \"budget:alert\"\nPAYDAY = \"pay:day\"\n";
+        let c = from_sources(file, &Overrides::default()).unwrap().config;
+        assert_eq!(c.socketio.events["BUDGET_ALERT"], "budget:alert");
+        assert_eq!(c.socketio.events["PAYDAY"], "pay:day");
+        assert_eq!(c.socketio.events["NEW_TRANSACTION"], "transaction:created");
+        let o = env(&[(
+            "GATEWAY_SOCKETIO_EVENTS",
+            "PAYDAY=pay:env, GOAL_ACHIEVED = goal:done",
+        )]);
+        let c = from_sources(file, &o).unwrap().config;
+        assert_eq!(c.socketio.events["PAYDAY"], "pay:env");
+        assert_eq!(c.socketio.events["GOAL_ACHIEVED"], "goal:done");
+        assert_eq!(c.socketio.events["BUDGET_ALERT"], "budget:alert");
+        assert_eq!(c.socketio.events.len(), 9);
+    }
+
+    #[test]
+    fn socketio_refuses_what_it_cannot_use() {
+        let cases = [
+            ("[socketio]\npayload = \"all\"\n", "socketio.payload"),
+            ("[socketio]\npath = \"socket.io\"\n", "socketio.path"),
+            ("[socketio.events]\nX = 1\n", "socketio.events"),
+            ("[socketio.events]\nX = \"\"\n", "socketio.events"),
+        ];
+        for (file, key) in cases {
+            let e = from_sources(file, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains(key), "{file:?}: {e}");
+        }
+        let e = from_sources("", &env(&[("GATEWAY_SOCKETIO_EVENTS", "NOPAIR")])).unwrap_err();
+        assert!(e.0.contains("GATEWAY_SOCKETIO_EVENTS"), "{e}");
     }
 
     #[test]
