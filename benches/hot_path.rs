@@ -16,7 +16,7 @@ use ws_gateway::hub::{Hub, Registration};
 use ws_gateway::metrics::Transport;
 use ws_gateway::names::Names;
 use ws_gateway::protocol::validate_published;
-use ws_gateway::wire::{Limits, Wire};
+use ws_gateway::wire::{Encoding, Limits, Wire};
 
 /// The per-connection queue size of the default config (`connection.send_queue`).
 const SEND_QUEUE: usize = 1024;
@@ -106,7 +106,12 @@ fn socket_pair(rt: &tokio::runtime::Runtime, hub: &Hub) -> (Arc<Wire>, TcpStream
         let client = TcpStream::connect(listener.local_addr().expect("addr"));
         let (server, client) = tokio::join!(listener.accept(), client);
         let limits = Limits::new(SEND_QUEUE, usize::MAX);
-        let wire = Wire::new(server.expect("accept").0, limits, hub.stats().clone());
+        let wire = Wire::new(
+            server.expect("accept").0,
+            limits,
+            Encoding::Plain,
+            hub.stats().clone(),
+        );
         wire.release(&[]);
         (wire, client.expect("connect"))
     })

@@ -26,7 +26,8 @@
 //! - [`server`]: start-up and shutdown: builds everything and runs each
 //!   long-lived task as a named [`shutdown::Services`] member.
 //! - [`canary`]: the delivery round trip behind readiness.
-//! - Leaves: [`protocol`] (wire messages and close codes), [`names`] (every
+//! - Leaves: [`protocol`] (wire messages and close codes), [`engineio`]
+//!   (Engine.IO / Socket.IO packets, and a message's event), [`names`] (every
 //!   Redis channel and key name), [`resume`] (where a stream was left in a
 //!   user's history, and merging a replay with the live stream: the
 //!   client's `since` and the catch-up both use it), [`metrics`] (the one
@@ -51,6 +52,7 @@ pub mod broker;
 pub(crate) mod canary;
 pub mod config;
 pub mod dev_secret;
+pub(crate) mod engineio;
 pub(crate) mod http;
 pub mod hub;
 pub(crate) mod log_limit;

@@ -38,6 +38,8 @@ pub struct Envelope<'a> {
     pub id: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     pub ts: Option<Value>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Why a published payload was dropped.
@@ -68,6 +70,13 @@ pub struct Published {
     pub id: Option<Arc<str>>,
     /// Publish time (ms since the epoch), for the latency metric.
     pub ts: Option<u64>,
+    /// The message's `type`: Socket.IO's event name and SSE's `event:`.
+    kind: Box<str>,
+    /// Where the `data` field's JSON is in the payload, if it has one.
+    data: Option<(u32, u32)>,
+    /// The Socket.IO event frame, built by the first Socket.IO recipient
+    /// and shared by the others.
+    socketio_frame: std::sync::OnceLock<Bytes>,
 }
 
 impl Published {
@@ -79,6 +88,21 @@ impl Published {
             _ => 10,
         };
         &self.frame[header..]
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The Socket.IO frame of this message, `build` making it once.
+    pub fn socketio_frame(&self, build: impl FnOnce(&Published) -> Bytes) -> &Bytes {
+        self.socketio_frame.get_or_init(|| build(self))
+    }
+
+    /// The JSON of the message's `data` field, as published.
+    pub fn data(&self) -> Option<&[u8]> {
+        let (start, end) = self.data?;
+        self.payload().get(start as usize..end as usize)
     }
 }
 
@@ -103,15 +127,24 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
         serde_json::from_slice(&payload).map_err(|_| Invalid::NotJsonObjectWithType)?;
     let id = envelope.id.map(|id| Arc::from(&*id));
     let ts = envelope.ts.as_ref().and_then(Value::as_u64);
+    // The raw value borrows from `payload`: its place there is its offset.
+    let data = envelope.data.map(|raw| {
+        let start = raw.get().as_ptr() as usize - payload.as_ptr() as usize;
+        // At most 1 MiB (checked above), so it fits.
+        (start as u32, (start + raw.get().len()) as u32)
+    });
     Ok(Published {
         frame: text_frame(&payload),
         id,
         ts,
+        kind: envelope.kind.into(),
+        data,
+        socketio_frame: std::sync::OnceLock::new(),
     })
 }
 
 /// `payload` as an unmasked server text frame (RFC 6455 §5.2).
-fn text_frame(payload: &[u8]) -> Bytes {
+pub fn text_frame(payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut frame = BytesMut::with_capacity(10 + len);
     frame.put_u8(0x81); // FIN + text

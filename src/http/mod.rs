@@ -86,6 +86,10 @@ impl App {
             verifier: verifier.clone(),
             leeway: Duration::from_secs(config.auth.leeway_secs),
             max_rooms: c.max_rooms,
+            socketio_events: Arc::new(crate::engineio::Events::new(
+                &config.socketio.events,
+                &config.socketio.payload,
+            )),
         });
         let connect_limiter = NonZeroU32::new(c.connect_rate_per_ip).map(|rate| {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
@@ -296,6 +300,15 @@ async fn route(
     peer: SocketAddr,
 ) -> Response<reply::Body> {
     let path = req.uri().path().to_string();
+    let socketio = &app.config.socketio;
+    let socketio_path =
+        socketio.enabled && (path == socketio.path || path == socketio.path.trim_end_matches('/'));
+    if socketio_path && endpoints == Endpoints::Main {
+        if req.method() != Method::GET {
+            return reply::method_not_allowed("GET");
+        }
+        return upgrade::handle_socketio(app, req, peer);
+    }
     let metrics_apart = !app.config.server.metrics_listen.is_empty();
     let route = match (Route::resolve(&path), endpoints) {
         (Some(Route::Metrics), Endpoints::Main) if metrics_apart => None,

@@ -1,4 +1,5 @@
-//! `GET /ws`: the WebSocket handshake (SPEC §4).
+//! `GET /ws`: the WebSocket handshake (SPEC §4), and Socket.IO's over
+//! WebSocket (SPEC §11).
 //!
 //! Cheap refusals (not an upgrade, foreign origin, rate, capacity, draining)
 //! are plain HTTP answers before the upgrade. The token is checked here too,
@@ -25,8 +26,59 @@ const BEARER_PROTOCOL: &str = "bearer.";
 pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
     // What the per-IP limits count and the logs show.
     let ip = super::client_ip::client_ip(peer.ip(), req.headers(), &app.trusted_proxies);
-    let Some(key) = upgrade_key(req.headers()) else {
-        let message = "not a WebSocket upgrade request";
+    let (admitted, key) = match admit(app, &req, ip) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let offered = offered_protocols(req.headers());
+    let token = token_from(&req, &offered).unwrap_or_default();
+    let auth = app.verifier.verify(&token);
+    let since = query_param(req.uri().query(), "since").filter(|s| !s.is_empty());
+    let response = switching_protocols(&key, offered.iter().any(|p| p == SUBPROTOCOL));
+    upgrade_then(app, req, admitted, move |socket, early, sessions| {
+        session::run(socket, early, auth, since, sessions, ip)
+    });
+    response
+}
+
+/// `GET /socket.io/?EIO=4&transport=websocket` (SPEC §11): the same
+/// refusals before the upgrade as `/ws`; the token comes after it, in the
+/// CONNECT packet (or `?token=`).
+pub fn handle_socketio(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<reply::Body> {
+    let ip = super::client_ip::client_ip(peer.ip(), req.headers(), &app.trusted_proxies);
+    let query = req.uri().query();
+    match query_param(query, "transport").as_deref() {
+        Some("websocket") => {}
+        Some("polling") => {
+            let message =
+                "only the websocket transport is served: list \"websocket\" first in transports";
+            return refuse(
+                app,
+                ip,
+                StatusCode::BAD_REQUEST,
+                "transport_unsupported",
+                message,
+                None,
+            );
+        }
+        _ => {
+            let message = "expected transport=websocket";
+            return refuse(
+                app,
+                ip,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                message,
+                None,
+            );
+        }
+    }
+    if query_param(query, "EIO").as_deref() != Some("4") {
+        let message = "only Engine.IO 4 (socket.io-client 3 and 4) is served";
         return refuse(
             app,
             ip,
@@ -35,71 +87,101 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
             message,
             None,
         );
+    }
+    let (admitted, key) = match admit(app, &req, ip) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let token = query_param(query, "token").filter(|t| !t.is_empty());
+    let response = switching_protocols(&key, false);
+    upgrade_then(app, req, admitted, move |socket, early, sessions| {
+        session::run_socketio(socket, early, token, sessions, ip)
+    });
+    response
+}
+
+/// The refusals before any upgrade (SPEC §4): not an upgrade, a foreign
+/// origin, draining, capacity, the IP's limits and rate. Admitted: the
+/// capacity it holds, and the upgrade's key.
+fn admit(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    ip: IpAddr,
+) -> Result<(Admitted, String), Box<Response<reply::Body>>> {
+    let Some(key) = upgrade_key(req.headers()) else {
+        let message = "not a WebSocket upgrade request";
+        return Err(Box::new(refuse(
+            app,
+            ip,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            None,
+        )));
     };
     if !origin_allowed(req.headers(), &app.config.server.allowed_origins) {
         let message = "this page's origin may not connect; see server.allowed_origins";
-        return refuse(
+        let status = StatusCode::FORBIDDEN;
+        return Err(Box::new(refuse(
             app,
             ip,
-            StatusCode::FORBIDDEN,
+            status,
             "origin_not_allowed",
             message,
             None,
-        );
+        )));
     }
     if app.hub.is_draining() {
         let message = "this instance is shutting down; reconnect to another";
-        return refuse(
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return Err(Box::new(refuse(
             app,
             ip,
-            StatusCode::SERVICE_UNAVAILABLE,
+            status,
             "draining",
             message,
             Some(1),
-        );
+        )));
     }
     // Held by the session from here on; refusals below drop it.
     let Some(admitted) = Admitted::capacity(app) else {
         let message = "this instance is at max_connections";
-        return refuse(
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return Err(Box::new(refuse(
             app,
             ip,
-            StatusCode::SERVICE_UNAVAILABLE,
+            status,
             "over_capacity",
             message,
             Some(5),
-        );
+        )));
     };
     let Some(admitted) = admitted.per_ip(ip) else {
         let message =
             "too many connections from this address; see connection.max_connections_per_ip";
-        return refuse(
-            app,
-            ip,
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections_per_ip",
-            message,
-            Some(5),
-        );
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let code = "too_many_connections_per_ip";
+        return Err(Box::new(refuse(app, ip, status, code, message, Some(5))));
     };
     if let Err(wait) = app.check_connect_rate(ip) {
         let message = "too many new connections from this address";
         let secs = wait.as_secs_f64().ceil() as u64;
-        return refuse(
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        return Err(Box::new(refuse(
             app,
             ip,
-            StatusCode::TOO_MANY_REQUESTS,
+            status,
             "rate_limited",
             message,
             Some(secs),
-        );
+        )));
     }
+    Ok((admitted, key.to_string()))
+}
 
-    let offered = offered_protocols(req.headers());
-    let token = token_from(&req, &offered).unwrap_or_default();
-    let auth = app.verifier.verify(&token);
-    let since = query_param(req.uri().query(), "since").filter(|s| !s.is_empty());
-
+/// The 101 answer to an upgrade with `key`, selecting our subprotocol when
+/// asked to.
+fn switching_protocols(key: &str, subprotocol: bool) -> Response<reply::Body> {
     let mut response = Response::new(reply::Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -108,14 +190,24 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if offered.iter().any(|p| p == SUBPROTOCOL) {
+    if subprotocol {
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
+    response
+}
 
-    let app = app.clone();
+/// Once hyper has upgraded `req`, runs `session` on the bare TCP stream
+/// (the wire writes to it directly) and what the client sent early,
+/// holding `admitted` until it ends.
+fn upgrade_then<F, Fut>(app: &Arc<App>, req: Request<Incoming>, admitted: Admitted, session: F)
+where
+    F: FnOnce(TcpStream, Vec<u8>, Arc<session::Sessions>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let sessions = app.sessions.clone();
     tokio::spawn(async move {
         let _admitted = admitted;
         let upgraded = match hyper::upgrade::on(req).await {
@@ -125,8 +217,6 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 return;
             }
         };
-        let sessions = app.sessions.clone();
-        // Unwrapped to the TcpStream: the wire writes to it directly.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 // `read_buf` shares hyper's 8 KiB read buffer even when
@@ -135,13 +225,11 @@ pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 let read_buf = parts.read_buf;
                 let early = read_buf.to_vec();
                 drop(read_buf);
-                let socket = parts.io.into_inner();
-                session::run(socket, early, auth, since, sessions, ip).await;
+                session(parts.io.into_inner(), early, sessions).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; dropped"),
         }
     });
-    response
 }
 
 /// A WebSocket counted against `max_connections` (and, once admitted

@@ -479,7 +479,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (server, client) = tokio::join!(listener.accept(), client);
-        let wire = Wire::new(server.unwrap().0, Limits::new(8, usize::MAX), stats.clone());
+        let wire = Wire::new(
+            server.unwrap().0,
+            Limits::new(8, usize::MAX),
+            crate::wire::Encoding::Plain,
+            stats.clone(),
+        );
         wire.release(&[]);
         (wire, client.unwrap())
     }

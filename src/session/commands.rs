@@ -68,6 +68,58 @@ impl Commands {
         verdict
     }
 
+    /// Handles one Socket.IO event (SPEC §11), counted like the `/ws`
+    /// command it stands for; events the gateway does not know are ignored
+    /// (counted as `unknown`, no strike: Socket.IO apps emit freely).
+    /// `Err(true)`: refused, and that makes the client an abuser.
+    pub fn socketio_event(
+        &mut self,
+        name: &str,
+        args: &[serde_json::Value],
+        stats: &Stats,
+    ) -> Result<Option<Action>, (&'static str, bool)> {
+        if !self.budget.take() {
+            stats.client_messages.add(Kind::RateLimited.label(), 1);
+            return Err(("rate_limited", self.refused()));
+        }
+        let field = |key: &str| {
+            let value = args
+                .first()
+                .and_then(|a| a.get(key))
+                .and_then(|v| v.as_str());
+            value.map(str::to_string)
+        };
+        let room = || field("room").filter(|room| protocol::valid_room(room));
+        let (action, kind) = match name {
+            "subscribe" => (
+                room().map(|room| Action::Subscribe { room }),
+                Kind::Subscribe,
+            ),
+            "unsubscribe" => (
+                room().map(|room| Action::Unsubscribe { room }),
+                Kind::Unsubscribe,
+            ),
+            "auth_refresh" => (
+                field("token").map(|token| Action::Refresh { token }),
+                Kind::AuthRefresh,
+            ),
+            _ => {
+                stats.client_messages.add(Kind::Unknown.label(), 1);
+                return Ok(None);
+            }
+        };
+        match action {
+            Some(action) => {
+                stats.client_messages.add(kind.label(), 1);
+                Ok(Some(action))
+            }
+            None => {
+                stats.client_messages.add(Kind::Invalid.label(), 1);
+                Err(("bad_request", self.refused()))
+            }
+        }
+    }
+
     /// Counts a refusal (also the session's: a forbidden room, say); true
     /// when that makes the client an abuser.
     pub fn refused(&mut self) -> bool {

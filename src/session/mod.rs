@@ -9,22 +9,25 @@
 mod access;
 mod commands;
 mod deadlines;
+mod socketio;
 mod websocket;
 
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::Broker;
+use crate::engineio;
 use crate::hub::{Hub, Refused};
 use crate::logsafe::Escaped;
 use crate::metrics::Transport;
 use crate::protocol::{self, close};
 use crate::resume::{self, Horizon, Point, Replay};
-use crate::wire::{Limits, Wire};
+use crate::wire::{Encoding, Limits, Wire};
 use access::Access;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use websocket::Dialect;
 
 /// How long a new connection (or a room) waits for its channels to be
 /// subscribed before it is told CONNECTED (SUBSCRIBED) anyway: the broker
@@ -51,6 +54,8 @@ pub struct Sessions {
     /// How long after `exp` a connection without a refresh is closed.
     pub leeway: Duration,
     pub max_rooms: usize,
+    /// How messages become Socket.IO events (`[socketio]`).
+    pub socketio_events: Arc<crate::engineio::Events>,
 }
 
 /// Why a session ended: the close log line's `reason` and `code`, and
@@ -124,7 +129,7 @@ pub async fn run(
 ) {
     let hub = &sessions.hub;
     let stats = hub.stats();
-    let wire = Wire::new(socket, sessions.send_queue, stats.clone());
+    let wire = Wire::new(socket, sessions.send_queue, Encoding::Plain, stats.clone());
     let mut ws = websocket::open(wire.clone(), early, sessions.max_message_bytes).await;
     let who = match auth {
         Ok(who) => who,
@@ -154,11 +159,7 @@ pub async fn run(
     };
     // Subscribed before the history is read: see `resume`. Live messages
     // are held by the wire until CONNECTED and the replay are out.
-    if let Some(ready) = registration.ready.take() {
-        if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
-            tracing::warn!(user = %user, "subscription not confirmed in time; connecting anyway");
-        }
-    }
+    subscribed(&mut registration, &user).await;
     // The client's resume point until its first message (SPEC §4).
     let resume_point = ulid::Ulid::new().to_string();
     let replay = match &since {
@@ -194,12 +195,130 @@ pub async fn run(
         stats.replayed_messages.fetch_add(count, Relaxed);
         wire.release(&replayed);
         let mut access = Access::new(who, registration);
-        websocket::serve(&mut ws, &wire, &sessions, &mut access).await
+        websocket::serve(&mut ws, &wire, &sessions, &mut access, Dialect::Plain).await
     } else {
         drop(registration);
         End::ClientGone
     };
-    stats.connections_closed.add(end.reason(), 1);
+    closed(&sessions, &user, &connection_id, started, end);
+}
+
+/// Runs one Socket.IO client (SPEC §11) to its end: Engine.IO's open
+/// packet, then the CONNECT with the token (or `query_token`) and the
+/// client's `pid`/`offset` to resume from, then the session.
+pub async fn run_socketio(
+    socket: TcpStream,
+    early: Vec<u8>,
+    query_token: Option<String>,
+    sessions: Arc<Sessions>,
+    ip: IpAddr,
+) {
+    let hub = &sessions.hub;
+    let stats = hub.stats();
+    // The resume point if nothing is recovered (SPEC §4, §11).
+    let fresh_pid = ulid::Ulid::new().to_string();
+    let encoding = Encoding::SocketIo {
+        events: sessions.socketio_events.clone(),
+        offset: fresh_pid.as_str().into(),
+    };
+    let wire = Wire::new(socket, sessions.send_queue, encoding, stats.clone());
+    let mut ws = websocket::open(wire.clone(), early, sessions.max_message_bytes).await;
+    let sid = ulid::Ulid::new().to_string();
+    let ping_ms = u64::try_from(sessions.ping_interval.as_millis()).unwrap_or(u64::MAX);
+    let timeout_ms = socketio::PING_TIMEOUT.as_millis() as u64;
+    let open = engineio::open(&sid, ping_ms, timeout_ms, sessions.max_message_bytes);
+    if !websocket::send(&mut ws, open.into()).await {
+        return;
+    }
+    let Some(auth) = socketio::connect_packet(&mut ws).await else {
+        return;
+    };
+    let field = |key: &str| {
+        auth.get(key)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let token = field("token")
+        .map(str::to_string)
+        .or(query_token)
+        .unwrap_or_default();
+    let who = match sessions.verifier.verify(&token) {
+        Ok(who) => who,
+        Err(e) => {
+            tracing::info!(reason = e.code(), detail = e.message(), %ip, "handshake refused");
+            stats.handshake_rejections.add(e.code(), 1);
+            socketio::refuse(ws, e.code(), close::INVALID_TOKEN).await;
+            return;
+        }
+    };
+    let user = Escaped(&who.user_id).to_string();
+    let mut registration = match hub.register(&who, wire.clone(), Transport::SocketIo) {
+        Ok(r) => r,
+        Err(Refused::TooManyConnections) => {
+            tracing::info!(reason = "too_many_connections", user = %user, %ip, "handshake refused");
+            stats.handshake_rejections.add("too_many_connections", 1);
+            // No 44: that is final for the client; a close lets it retry.
+            let reason = "too_many_connections";
+            websocket::refuse_silently(ws, reason, close::TOO_MANY_CONNECTIONS).await;
+            return;
+        }
+    };
+    subscribed(&mut registration, &user).await;
+    let client_pid = field("pid");
+    // The client's offset is the last event's; without one, its resume
+    // point (SPEC §11).
+    let replay = match field("offset").or(client_pid) {
+        Some(since) => Some(sessions.replay(&who.user_id, since).await),
+        None => None,
+    };
+    let recovered = replay.as_ref().is_some_and(|r| r.recovered);
+    // `socket.recovered` is true exactly when the reply echoes the pid the
+    // client sent: only when nothing was lost.
+    let pid = match client_pid {
+        Some(pid) if recovered => pid.to_string(),
+        _ => fresh_pid,
+    };
+    wire.set_offset(&pid);
+    let connection_id = registration.id.to_string();
+    let started = Instant::now();
+    tracing::info!(
+        user = %user,
+        connection = %connection_id,
+        %ip,
+        transport = "socketio",
+        recovered = replay.as_ref().map(|r| r.recovered),
+        "connection opened"
+    );
+    let end = if websocket::send(&mut ws, engineio::connected(&sid, &pid).into()).await {
+        let replayed = replay.map(|r| r.messages).unwrap_or_default();
+        for message in &replayed {
+            wire.send_replayed(message);
+        }
+        stats
+            .replayed_messages
+            .fetch_add(replayed.len() as u64, Relaxed);
+        wire.release(&replayed);
+        let mut access = Access::new(who, registration);
+        websocket::serve(&mut ws, &wire, &sessions, &mut access, Dialect::SocketIo).await
+    } else {
+        drop(registration);
+        End::ClientGone
+    };
+    closed(&sessions, &user, &connection_id, started, end);
+}
+
+/// Waits (bounded) for the broker to confirm a new connection's channels.
+async fn subscribed(registration: &mut crate::hub::Registration, user: &str) {
+    if let Some(ready) = registration.ready.take() {
+        if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
+            tracing::warn!(user = %user, "subscription not confirmed in time; connecting anyway");
+        }
+    }
+}
+
+/// Counts and logs a session's end.
+fn closed(sessions: &Sessions, user: &str, connection_id: &str, started: Instant, end: End) {
+    sessions.hub.stats().connections_closed.add(end.reason(), 1);
     tracing::info!(
         user = %user,
         connection = %connection_id,

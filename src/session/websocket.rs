@@ -4,9 +4,10 @@
 //! right code. Published messages do not pass through here: the fan-out
 //! writes them to the wire directly.
 
-use super::access::{Access, Refusal};
+use super::access::Access;
 use super::commands::{Action, Commands, Verdict};
 use super::deadlines::{Beat, Heartbeat};
+use super::socketio;
 use super::{End, Sessions};
 use crate::protocol::{self, close};
 use crate::wire::{CloseReason, Wire, WireStream};
@@ -66,8 +67,14 @@ pub async fn send(ws: &mut Ws, text: Utf8Bytes) -> bool {
 /// The session loop: flushes what the fan-out could not write at once,
 /// answers the client, keeps the heartbeat. Returns why it ended, after the
 /// close handshake.
-pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access) -> End {
-    let end = session_loop(ws, wire, cfg, access).await;
+pub async fn serve(
+    ws: &mut Ws,
+    wire: &Wire,
+    cfg: &Sessions,
+    access: &mut Access,
+    dialect: Dialect,
+) -> End {
+    let end = session_loop(ws, wire, cfg, access, dialect).await;
     // A client that goes away after the server closed its wire (a slow
     // consumer, a drain) ends for the server's reason, not its own.
     match (end, wire.closed()) {
@@ -77,8 +84,29 @@ pub async fn serve(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access
     }
 }
 
-async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Access) -> End {
-    let mut heartbeat = Heartbeat::new(cfg.ping_interval, cfg.idle_timeout);
+/// What the client and the server say over the WebSocket: `/ws`'s JSON
+/// messages (SPEC §5), or Socket.IO's packets (SPEC §11). The rest of a
+/// session (the wire, the heartbeat, the deadlines, the close) is the same.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Dialect {
+    Plain,
+    SocketIo,
+}
+
+async fn session_loop(
+    ws: &mut Ws,
+    wire: &Wire,
+    cfg: &Sessions,
+    access: &mut Access,
+    dialect: Dialect,
+) -> End {
+    // Socket.IO's heartbeat is its own ping: no pong within pingTimeout of
+    // it closes the connection.
+    let idle = match dialect {
+        Dialect::Plain => cfg.idle_timeout,
+        Dialect::SocketIo => cfg.ping_interval + socketio::PING_TIMEOUT,
+    };
+    let mut heartbeat = Heartbeat::new(cfg.ping_interval, idle);
     heartbeat.expire_at(access.who.exp, cfg.leeway);
     // One timer for the ping, the idle and the token deadlines: fewer
     // timers to poll on every wake-up, and none to reset on every client
@@ -105,22 +133,18 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Acc
             incoming = ws.next() => {
                 heartbeat.heard_from_client();
                 match incoming {
-                    Some(Ok(Message::Text(text))) => match commands.handle(&text, cfg.hub.stats()) {
-                        Verdict::Abuse => return close_for(ws, End::Abuse).await,
-                        // Queued in the wire; the loop flushes it.
-                        Verdict::Reply(reply) => if !send(ws, reply).await {
-                            return End::ClientGone;
+                    Some(Ok(Message::Text(text))) => {
+                        // Boxed: their state would otherwise sit in every
+                        // idle session's future.
+                        let handled = match dialect {
+                            Dialect::Plain => Box::pin(plain_text(ws, &text, access, cfg, &mut heartbeat, &mut commands)).await,
+                            Dialect::SocketIo => Box::pin(socketio::text(ws, &text, access, cfg, &mut heartbeat, &mut commands)).await,
+                        };
+                        if let Some(end) = handled {
+                            return end;
                         }
-                        Verdict::Act(action) => {
-                            // Boxed: its state would otherwise sit in every
-                            // idle session's future.
-                            let acting = Box::pin(act(ws, action, access, cfg, &mut heartbeat, &mut commands));
-                            if let Some(end) = acting.await {
-                                return end;
-                            }
-                            timer.as_mut().reset(heartbeat.next_deadline());
-                        }
-                    },
+                        timer.as_mut().reset(heartbeat.next_deadline());
+                    }
                     Some(Ok(Message::Binary(_))) => return close_for(ws, End::BinaryFrame).await,
                     // Pings are answered by tungstenite on the next read.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -140,11 +164,14 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Acc
             () = &mut timer => {
                 match heartbeat.due(tokio::time::Instant::now()) {
                     Some(Beat::Idle) => return close_for(ws, End::IdleTimeout).await,
+                    Some(Beat::Expired) if dialect == Dialect::SocketIo => {
+                        return socketio::close_final(ws, End::TokenExpired).await;
+                    }
                     Some(Beat::Expired) => return close_for(ws, End::TokenExpired).await,
-                    Some(Beat::Expiring(exp)) if !send(ws, protocol::token_expiring(exp)).await => {
+                    Some(Beat::Expiring(exp)) if !send(ws, token_expiring(dialect, wire, exp)).await => {
                         return End::ClientGone;
                     }
-                    Some(Beat::Ping) if ws.feed(Message::Ping(Default::default())).await.is_err() => {
+                    Some(Beat::Ping) if ws.feed(ping(dialect)).await.is_err() => {
                         return End::ClientGone;
                     }
                     Some(Beat::Ping | Beat::Expiring(_)) | None => {}
@@ -152,6 +179,39 @@ async fn session_loop(ws: &mut Ws, wire: &Wire, cfg: &Sessions, access: &mut Acc
                 timer.as_mut().reset(heartbeat.next_deadline());
             }
         }
+    }
+}
+
+/// The heartbeat's ping: a WebSocket Ping, or Engine.IO's.
+fn ping(dialect: Dialect) -> Message {
+    match dialect {
+        Dialect::Plain => Message::Ping(Default::default()),
+        Dialect::SocketIo => Message::Text(crate::engineio::PING.into()),
+    }
+}
+
+/// TOKEN_EXPIRING, or Socket.IO's `token_expiring` event.
+fn token_expiring(dialect: Dialect, wire: &Wire, exp: u64) -> Utf8Bytes {
+    match dialect {
+        Dialect::Plain => protocol::token_expiring(exp),
+        Dialect::SocketIo => socketio::token_expiring(wire, exp),
+    }
+}
+
+/// A `/ws` text message: answered, carried out, or the end for abuse.
+async fn plain_text(
+    ws: &mut Ws,
+    text: &str,
+    access: &mut Access,
+    cfg: &Sessions,
+    heartbeat: &mut Heartbeat,
+    commands: &mut Commands,
+) -> Option<End> {
+    match commands.handle(text, cfg.hub.stats()) {
+        Verdict::Abuse => Some(close_for(ws, End::Abuse).await),
+        // Queued in the wire; the loop flushes it.
+        Verdict::Reply(reply) => (!send(ws, reply).await).then_some(End::ClientGone),
+        Verdict::Act(action) => act(ws, action, access, cfg, heartbeat, commands).await,
     }
 }
 
@@ -167,24 +227,35 @@ async fn act(
 ) -> Option<End> {
     let frames = match action {
         Action::Refresh { token } => match access.refresh(&token, cfg).await {
-            Ok(frames) => {
+            Ok(refreshed) => {
                 heartbeat.expire_at(access.who.exp, cfg.leeway);
-                frames
+                let left = refreshed
+                    .left_rooms
+                    .iter()
+                    .map(|room| protocol::unsubscribed(room));
+                left.chain([protocol::auth_refreshed(refreshed.exp)])
+                    .collect()
             }
-            Err(Refusal(error)) => {
-                send(ws, error).await;
+            Err(refusal) => {
+                send(ws, protocol::error(refusal.code, &refusal.message)).await;
                 return Some(close_for(ws, End::RefreshRefused).await);
             }
         },
         Action::Subscribe { room } => match access.subscribe(&room, cfg).await {
-            Ok(subscribed) => vec![subscribed],
-            Err(Refusal(error)) if commands.refused() => {
-                send(ws, error).await;
-                return Some(close_for(ws, End::Abuse).await);
+            Ok(()) => vec![protocol::subscribed(&room)],
+            Err(refusal) => {
+                let error = protocol::error(refusal.code, &refusal.message);
+                if commands.refused() {
+                    send(ws, error).await;
+                    return Some(close_for(ws, End::Abuse).await);
+                }
+                vec![error]
             }
-            Err(Refusal(error)) => vec![error],
         },
-        Action::Unsubscribe { room } => vec![access.unsubscribe(&room, cfg)],
+        Action::Unsubscribe { room } => {
+            access.unsubscribe(&room, cfg);
+            vec![protocol::unsubscribed(&room)]
+        }
     };
     for frame in frames {
         if !send(ws, frame).await {
@@ -197,19 +268,35 @@ async fn act(
 /// Sends an ERROR frame and closes: a refusal after the upgrade (SPEC §4).
 /// Cheap: a client without credentials holds its capacity slot for at most
 /// [`REFUSAL_GRACE`] (twice, with the linger), however it behaves.
-pub async fn refuse(ws: Ws, code: &str, message: &str, close_code: u16) {
-    // Boxed, like `close_for`: rare, and big.
-    Box::pin(refuse_now(ws, code, message, close_code)).await
+pub async fn refuse(ws: Ws, code: &'static str, message: &str, close_code: u16) {
+    refuse_with(ws, Some(protocol::error(code, message)), code, close_code).await
 }
 
-async fn refuse_now(mut ws: Ws, code: &str, message: &str, close_code: u16) {
+/// A refusal that is only the close (Socket.IO's per-user cap: its client
+/// reconnects after a close, not after a CONNECT error).
+pub async fn refuse_silently(ws: Ws, reason: &'static str, close_code: u16) {
+    refuse_with(ws, None, reason, close_code).await
+}
+
+/// A refusal: `text` first, if any, then the close with `close_code`.
+pub(super) async fn refuse_with(
+    ws: Ws,
+    text: Option<Utf8Bytes>,
+    reason: &'static str,
+    close_code: u16,
+) {
+    // Boxed, like `close_for`: rare, and big.
+    Box::pin(refuse_now(ws, text, reason, close_code)).await
+}
+
+async fn refuse_now(mut ws: Ws, text: Option<Utf8Bytes>, reason: &str, close_code: u16) {
     let refusal = async {
-        if ws
-            .send(Message::Text(protocol::error(code, message)))
-            .await
-            .is_ok()
-        {
-            close_with(&mut ws, close_code, code, REFUSAL_GRACE, REFUSAL_GRACE).await;
+        let sent = match text {
+            Some(text) => ws.send(Message::Text(text)).await.is_ok(),
+            None => true,
+        };
+        if sent {
+            close_with(&mut ws, close_code, reason, REFUSAL_GRACE, REFUSAL_GRACE).await;
         }
     };
     let _ = tokio::time::timeout(REFUSAL_GRACE, refusal).await;
@@ -217,7 +304,7 @@ async fn refuse_now(mut ws: Ws, code: &str, message: &str, close_code: u16) {
 }
 
 /// Closes with `end`'s code and reason: the session's end.
-async fn close_for(ws: &mut Ws, end: End) -> End {
+pub(super) async fn close_for(ws: &mut Ws, end: End) -> End {
     // Boxed: the close handshake and the linger are big futures, and the
     // session's future would otherwise carry room for them all its life.
     Box::pin(close_now(ws, end)).await

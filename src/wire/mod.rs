@@ -39,8 +39,8 @@ pub(crate) use stream::WireStream;
 use crate::lock;
 use crate::metrics::Stats;
 use crate::protocol::Published;
-pub use outbox::Limits;
-use outbox::{frame_of, Flushed, Outbox};
+pub use outbox::{Encoding, Limits};
+use outbox::{Flushed, Outbox};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -101,12 +101,18 @@ pub struct Wire {
 
 impl Wire {
     /// `limits`: what may be queued before the client counts as a slow
-    /// consumer. Live messages are held until [`Wire::release`].
-    pub fn new(socket: TcpStream, limits: Limits, stats: Arc<Stats>) -> Arc<Self> {
+    /// consumer; `encoding`: how messages are framed for it. Live messages
+    /// are held until [`Wire::release`].
+    pub fn new(
+        socket: TcpStream,
+        limits: Limits,
+        encoding: Encoding,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         limit_unsent(&socket);
         Arc::new(Self {
             socket,
-            state: Mutex::new(Outbox::new(limits)),
+            state: Mutex::new(Outbox::new(limits, encoding)),
             notify: Notify::new(),
             stats,
         })
@@ -121,8 +127,7 @@ impl Wire {
 
     /// Sends a replayed message now, ahead of the held live ones.
     pub fn send_replayed(&self, published: &Arc<Published>) {
-        let out = std::iter::once(frame_of(published));
-        let (_, wake) = lock(&self.state).send(&self.socket, out, &self.stats);
+        let (_, wake) = lock(&self.state).send_replayed(&self.socket, published, &self.stats);
         self.wake_if(wake);
     }
 
@@ -156,6 +161,18 @@ impl Wire {
 
     pub fn closed(&self) -> Option<CloseReason> {
         lock(&self.state).closed()
+    }
+
+    /// Socket.IO: the recovery offset the last event carried (at first the
+    /// connection's resume point, [`Wire::set_offset`]).
+    pub fn offset(&self) -> Option<Arc<str>> {
+        lock(&self.state).encoding().offset()
+    }
+
+    /// Socket.IO: the offset events without an id carry until one with an
+    /// id is sent: the resume point the client was given.
+    pub fn set_offset(&self, offset: &str) {
+        lock(&self.state).encoding().set_offset(offset);
     }
 
     pub fn has_pending(&self) -> bool {
@@ -238,7 +255,12 @@ mod tests {
     async fn held_messages_follow_the_replay_in_order() {
         let (server, mut client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, Limits::new(16, usize::MAX), stats.clone());
+        let wire = Wire::new(
+            server,
+            Limits::new(16, usize::MAX),
+            Encoding::Plain,
+            stats.clone(),
+        );
         wire.deliver(&[message(r#"{"type":"LIVE","id":"2"}"#)]);
         wire.send_replayed(&message(r#"{"type":"OLD","id":"1"}"#));
         wire.release(&[]);
@@ -261,7 +283,12 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, Limits::new(4, usize::MAX), stats.clone());
+        let wire = Wire::new(
+            server,
+            Limits::new(4, usize::MAX),
+            Encoding::Plain,
+            stats.clone(),
+        );
         wire.release(&[]);
         // Fill the socket until a message stays queued; the replies queue
         // behind it.
@@ -296,7 +323,12 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (server, mut client) = pair().await;
         let stats = Arc::new(Stats::default());
-        let wire = Wire::new(server, Limits::new(1024, usize::MAX), stats.clone());
+        let wire = Wire::new(
+            server,
+            Limits::new(1024, usize::MAX),
+            Encoding::Plain,
+            stats.clone(),
+        );
         wire.release(&[]);
         let big = message(&format!(
             r#"{{"type":"X","pad":"{}"}}"#,
@@ -327,7 +359,12 @@ mod tests {
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
         // Held until release, like a client whose socket takes nothing.
-        let wire = Wire::new(server, Limits::new(2, usize::MAX), stats.clone());
+        let wire = Wire::new(
+            server,
+            Limits::new(2, usize::MAX),
+            Encoding::Plain,
+            stats.clone(),
+        );
         let m = [message(r#"{"type":"X"}"#)];
         assert_eq!(wire.deliver(&m), Push::Queued);
         assert_eq!(wire.deliver(&m), Push::Queued);
@@ -345,7 +382,12 @@ mod tests {
         let (server, _client) = pair().await;
         let stats = Arc::new(Stats::default());
         // Held until release, like a client whose socket takes nothing.
-        let wire = Wire::new(server, Limits::new(1024, 4096), stats.clone());
+        let wire = Wire::new(
+            server,
+            Limits::new(1024, 4096),
+            Encoding::Plain,
+            stats.clone(),
+        );
         let m = [message(&format!(
             r#"{{"type":"X","pad":"{}"}}"#,
             "a".repeat(1000)

@@ -9,8 +9,9 @@
 
 use super::writev::{self, Out};
 use super::{CloseReason, Push};
+use crate::engineio::Events;
 use crate::metrics::Stats;
-use crate::protocol::Published;
+use crate::protocol::{text_frame, Published};
 use crate::resume::{Admit, Gate};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -33,6 +34,55 @@ pub(super) struct Outbox {
     /// Holds live messages until the session has sent CONNECTED and any
     /// replay, then drops live copies of what the replay sent.
     gate: Gate,
+    encoding: Encoding,
+}
+
+/// How published messages are framed for a connection.
+#[derive(Debug, Clone)]
+pub enum Encoding {
+    /// As published (`/ws`).
+    Plain,
+    /// As Socket.IO events (SPEC §11). Every event ends with a recovery
+    /// offset: its id, or for a message without one `offset` again, the
+    /// last one sent (at first the connection's resume point).
+    SocketIo {
+        events: Arc<Events>,
+        offset: Arc<str>,
+    },
+}
+
+impl Encoding {
+    /// Socket.IO: the offset of the last event (its fallback for the next
+    /// without an id). `/ws` has none.
+    pub(super) fn offset(&self) -> Option<Arc<str>> {
+        match self {
+            Encoding::Plain => None,
+            Encoding::SocketIo { offset, .. } => Some(offset.clone()),
+        }
+    }
+
+    pub(super) fn set_offset(&mut self, to: &str) {
+        if let Encoding::SocketIo { offset, .. } = self {
+            *offset = to.into();
+        }
+    }
+
+    /// `published`'s frame: shared by every recipient of this encoding,
+    /// except a Socket.IO event without an id (its offset is this
+    /// connection's).
+    fn frame(&mut self, published: &Published) -> Bytes {
+        match self {
+            Encoding::Plain => published.frame.clone(),
+            Encoding::SocketIo { events, offset } => match &published.id {
+                Some(id) => {
+                    *offset = id.clone();
+                    let build = |p: &Published| text_frame(events.packet(p, "").as_bytes());
+                    published.socketio_frame(build).clone()
+                }
+                None => text_frame(events.packet(published, offset).as_bytes()),
+            },
+        }
+    }
 }
 
 /// Bytes to write (a published message's shared frame, or raw bytes), and
@@ -64,7 +114,7 @@ impl Chunk {
     }
 }
 
-pub(super) fn frame_of(published: &Arc<Published>) -> Out<'_> {
+fn frame_of(published: &Arc<Published>) -> Out<'_> {
     Out::Message(&published.frame)
 }
 
@@ -98,7 +148,7 @@ pub(super) enum Flushed {
 
 impl Outbox {
     /// Holds live messages until [`Outbox::release`].
-    pub(super) fn new(limits: Limits) -> Self {
+    pub(super) fn new(limits: Limits, encoding: Encoding) -> Self {
         Self {
             // Allocated on first use: an idle connection costs nothing here.
             pending: VecDeque::new(),
@@ -107,7 +157,19 @@ impl Outbox {
             limits,
             closed: None,
             gate: Gate::holding(),
+            encoding,
         }
+    }
+
+    /// Sends a replayed message now, ahead of the held live ones.
+    pub(super) fn send_replayed(
+        &mut self,
+        socket: &TcpStream,
+        published: &Published,
+        stats: &Stats,
+    ) -> (Push, bool) {
+        let frame = self.encoding.frame(published);
+        self.send(socket, std::iter::once(Out::Message(&frame)), stats)
     }
 
     /// Ends the hold once `replayed` is out: the held live messages go
@@ -152,6 +214,10 @@ impl Outbox {
 
     pub(super) fn closed(&self) -> Option<CloseReason> {
         self.closed
+    }
+
+    pub(super) fn encoding(&mut self) -> &mut Encoding {
+        &mut self.encoding
     }
 
     pub(super) fn has_pending(&self) -> bool {
@@ -245,7 +311,12 @@ impl Outbox {
             return (Push::Closed, false);
         }
         if self.gate.is_clear() {
-            return self.send(socket, messages.iter().map(frame_of), stats);
+            if let Encoding::Plain = self.encoding {
+                // The hot path: the shared frames, no copy, no allocation.
+                return self.send(socket, messages.iter().map(frame_of), stats);
+            }
+            let frames: Vec<Bytes> = messages.iter().map(|m| self.encoding.frame(m)).collect();
+            return self.send(socket, frames.iter().map(Out::Message), stats);
         }
         // Around a resume: one at a time.
         let mut wake = false;
@@ -264,7 +335,8 @@ impl Outbox {
                 Admit::Duplicate => continue,
                 Admit::Pass => {}
             }
-            let (push, woken) = self.send(socket, std::iter::once(frame_of(published)), stats);
+            let frame = self.encoding.frame(published);
+            let (push, woken) = self.send(socket, std::iter::once(Out::Message(&frame)), stats);
             wake |= woken;
             if push != Push::Queued {
                 return (push, wake);
