@@ -17,7 +17,7 @@
 //     {"cmd":"disconnect"}       socket.disconnect() (no reconnection)
 //     {"cmd":"connect_again"}    socket.connect() (same Socket: pid and offset kept)
 //     {"cmd":"close_transport"}  drop the WebSocket without a close frame
-//     {"cmd":"state"}            reports {"ev":"state",...}
+//     {"cmd":"state"}            reports {"ev":"state",...,"tag":...}
 //     {"cmd":"exit"}             exit 0
 //   stdout, events:
 //     {"ev":"ready","version":"4.8.x","node":"v20..."}   once, at start
@@ -30,7 +30,7 @@
 //     {"ev":"reconnect_attempt","n":...} {"ev":"reconnect","n":...}
 //     {"ev":"reconnect_error","message":...} {"ev":"reconnect_failed"}
 //     {"ev":"packet","dir":"in"|"out","type":...,"data":...}   with "raw":true
-//     {"ev":"error","message":...,"line":...}             a bad command
+//     {"ev":"error","message":...,"line":...,"tag":...}   a bad command (its tag if any)
 //
 // How socket.io-client 4.8 recovers (read in node_modules/socket.io-client/
 // build/cjs/socket.js, which this driver loads; build/esm/socket.js has the
@@ -207,10 +207,11 @@ function closeTransport() {
   ws.terminate();
 }
 
-function state() {
+function state(cmd) {
   const s = socket;
   out({
     ev: "state",
+    tag: cmd.tag ?? null,
     connected: s ? s.connected : false,
     active: s ? s.active : false,
     id: s?.id ?? null,
@@ -254,14 +255,15 @@ function handle(line) {
       case "close_transport":
         return closeTransport();
       case "state":
-        return state();
+        return state(cmd);
       case "exit":
         return shutdown(0);
       default:
         throw new Error(`unknown cmd ${JSON.stringify(cmd.cmd)}`);
     }
   } catch (e) {
-    out({ ev: "error", message: e.message, line });
+    const tag = cmd !== null && typeof cmd === "object" && cmd.tag !== undefined ? cmd.tag : null;
+    out({ ev: "error", message: e.message, line, tag });
   }
 }
 
