@@ -5,8 +5,8 @@
 #   scripts/test.sh some_test_name
 # The integration tests start their own redis-server on free ports; this script
 # only makes sure redis-server and chromium are installed, and installs what
-# the README's Python and Node recipes import (tests/readme.rs runs them) into
-# the cargo target dir.
+# the README's Python and Node recipes import (tests/readme.rs runs them) and
+# the socket.io-client the Socket.IO tests drive into the cargo target dir.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,6 +49,12 @@ fi
 export WS_GATEWAY_RECIPE_DEPS="${CARGO_TARGET_DIR:-$PWD/target}/readme-recipes"
 step "README recipe packages (redis-py, node-redis) in $WS_GATEWAY_RECIPE_DEPS"
 bash tests/recipes/install.sh "$WS_GATEWAY_RECIPE_DEPS"
+
+# The real socket.io-client that the Socket.IO tests drive (tests/socketio/),
+# likewise; tests/common/socketio.rs finds it through this variable.
+export WS_GATEWAY_SOCKETIO_DEPS="${CARGO_TARGET_DIR:-$PWD/target}/socketio-client"
+step "socket.io-client for the Socket.IO tests in $WS_GATEWAY_SOCKETIO_DEPS"
+bash tests/socketio/install.sh "$WS_GATEWAY_SOCKETIO_DEPS"
 
 # The layers follow the message (src/lib.rs, "Layout"): the broker imports no
 # hub, session, HTTP or server code, and the wire imports no hub.

@@ -8,9 +8,9 @@
 //!
 //! By concern: [`tokens`], [`redis`] (the server and a RESP client),
 //! [`gateway`] (the binary and its CLI), [`client`] (WebSocket), [`http`],
-//! [`dev_secret`]; generic helpers (bounded waits, temporary directories,
-//! free ports) are here. Every item is re-exported, so tests `use
-//! common::*`.
+//! [`dev_secret`], [`socketio`] (the real socket.io-client); generic helpers
+//! (bounded waits, temporary directories, free ports) are here. Every item is
+//! re-exported, so tests `use common::*`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +60,9 @@ pub use http::*;
 mod dev_secret;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use dev_secret::*;
+mod socketio;
+#[allow(unused_imports)] // each test uses a part of the harness
+pub use socketio::*;
 
 // ---------------------------------------------------------------------------
 // Generic helpers

@@ -1,0 +1,556 @@
+//! The real `socket.io-client` (tests/socketio/package.json pins it), driven
+//! through `node tests/socketio/driver.mjs`: commands go to its stdin and
+//! its events come back from its stdout, one JSON object a line (the
+//! driver's header lists both, and records how the client recovers).
+//!
+//! The package is installed by tests/socketio/install.sh into the directory
+//! `WS_GATEWAY_SOCKETIO_DEPS` names (scripts/test.sh exports it), or, without
+//! the variable, into `<target dir>/socketio-client` by the harness itself
+//! ([`socketio_deps`]). Set `WS_GATEWAY_SIO_DEBUG=1` to get the client's own
+//! `debug` output in the driver's stderr (shown when a wait fails).
+
+use super::*;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::process::{ChildStdin, ExitStatus};
+
+use tokio::sync::mpsc;
+
+/// The driver the tests spawn.
+pub const SIO_DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/driver.mjs");
+const SIO_INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/install.sh");
+
+/// How long the driver may take to start and load the client.
+const SIO_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// The ack timeout the driver is given (`socket.timeout(ms)`), in ms.
+pub const SIO_ACK_TIMEOUT_MS: u64 = 5000;
+/// Events read ahead and not yet taken, at most (the reader blocks past it).
+const SIO_CHANNEL: usize = 10_000;
+/// Events [`SioClient::wait_for`] skips at most before it gives up.
+const SIO_MAX_SKIPPED: usize = 10_000;
+/// The last events kept for failure messages.
+const SIO_SEEN_KEPT: usize = 200;
+/// Driver stderr lines kept for failure messages.
+const SIO_STDERR_KEPT: usize = 500;
+
+/// The options of one `connect`: what `io(url, opts)` takes, as JSON.
+///
+/// Defaults: `transports: ["websocket"]` (the gateway serves no polling,
+/// SPEC §11), `path: "/socket.io/"`, reconnection on (as in the client) but
+/// fast, `reconnectionDelay: 100`, `reconnectionDelayMax: 500`. The driver
+/// adds `forceNew`, `reconnectionAttempts: 20` and `timeout: 10000` unless
+/// set here.
+#[derive(Clone, Debug)]
+pub struct SioConnect {
+    fields: serde_json::Map<String, Value>,
+}
+
+impl SioConnect {
+    /// Options for `url` (`http://127.0.0.1:PORT`).
+    pub fn new(url: &str) -> SioConnect {
+        let mut fields = serde_json::Map::new();
+        fields.insert("url".into(), Value::from(url));
+        fields.insert("path".into(), Value::from("/socket.io/"));
+        fields.insert("transports".into(), serde_json::json!(["websocket"]));
+        fields.insert("reconnection".into(), Value::Bool(true));
+        fields.insert("reconnectionDelay".into(), Value::from(100));
+        fields.insert("reconnectionDelayMax".into(), Value::from(500));
+        SioConnect { fields }
+    }
+
+    /// Options for the gateway at `addr`.
+    pub fn to(addr: SocketAddr) -> SioConnect {
+        SioConnect::new(&format!("http://{addr}"))
+    }
+
+    /// Sets any `io()` option (or overrides one of the defaults).
+    pub fn set(mut self, key: &str, value: Value) -> Self {
+        self.fields.insert(key.to_string(), value);
+        self
+    }
+
+    /// `auth: {token}`, as a frontend passes it.
+    pub fn token(self, token: &str) -> Self {
+        self.set("auth", serde_json::json!({ "token": token }))
+    }
+
+    pub fn auth(self, auth: Value) -> Self {
+        self.set("auth", auth)
+    }
+
+    pub fn path(self, path: &str) -> Self {
+        self.set("path", Value::from(path))
+    }
+
+    pub fn transports(self, transports: &[&str]) -> Self {
+        self.set("transports", serde_json::json!(transports))
+    }
+
+    /// Adds a query parameter (sent on the upgrade request).
+    pub fn query(mut self, key: &str, value: &str) -> Self {
+        let query = self
+            .fields
+            .entry("query")
+            .or_insert_with(|| Value::Object(Default::default()));
+        query
+            .as_object_mut()
+            .expect("query is an object")
+            .insert(key.to_string(), Value::from(value));
+        self
+    }
+
+    pub fn reconnection(self, on: bool) -> Self {
+        self.set("reconnection", Value::Bool(on))
+    }
+
+    /// `reconnectionDelay` and `reconnectionDelayMax`, in ms.
+    pub fn reconnection_delay(self, min_ms: u64, max_ms: u64) -> Self {
+        self.set("reconnectionDelay", Value::from(min_ms))
+            .set("reconnectionDelayMax", Value::from(max_ms))
+    }
+
+    /// Also report every Engine.IO packet, both ways, as
+    /// `{"ev":"packet","dir":"in"|"out","type":"open"|"message"|"ping"|…,"data":…}`
+    /// (a Socket.IO packet is `type:"message"`, `data:"40{…}"` without the
+    /// Engine.IO `4`).
+    pub fn raw(self) -> Self {
+        self.set("raw", Value::Bool(true))
+    }
+
+    /// The driver command.
+    pub fn command(&self) -> Value {
+        let mut cmd = self.fields.clone();
+        cmd.insert("cmd".into(), Value::from("connect"));
+        Value::Object(cmd)
+    }
+}
+
+/// One `socket.io-client` in a `node` process of its own, killed on drop.
+pub struct SioClient {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    events: mpsc::Receiver<Value>,
+    /// Events read ahead (while waiting for an ack or a reply) and not yet
+    /// taken by [`SioClient::next_event`].
+    pending: VecDeque<Value>,
+    seen: VecDeque<Value>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    tags: u64,
+    /// The client's version, as its package.json says.
+    pub version: String,
+}
+
+impl Drop for SioClient {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl SioClient {
+    /// Starts the driver and waits (bounded) for it to have loaded the client.
+    pub async fn start() -> SioClient {
+        let modules = socketio_deps().join("node_modules");
+        let mut cmd = Command::new("node");
+        cmd.arg(SIO_DRIVER)
+            .env("NODE_PATH", &modules)
+            .env_remove("DEBUG")
+            .env_remove("NODE_OPTIONS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("WS_GATEWAY_SIO_DEBUG").is_some() {
+            cmd.env("DEBUG", "socket.io-client*,engine.io-client*");
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `node {SIO_DRIVER}`: {e}"));
+        let stdin = child.stdin.take().expect("driver stdin");
+        let stdout = child.stdout.take().expect("driver stdout");
+        let stderr_pipe = child.stderr.take().expect("driver stderr");
+
+        let (tx, events) = mpsc::channel(SIO_CHANNEL);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "ev": "stdout", "line": line }));
+                if tx.blocking_send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).split(b'\n') {
+                let Ok(line) = line else { break };
+                let mut kept = kept.lock().unwrap();
+                if kept.len() < SIO_STDERR_KEPT {
+                    kept.push(String::from_utf8_lossy(&line).into_owned());
+                }
+            }
+        });
+
+        let mut client = SioClient {
+            child: Some(child),
+            stdin: Some(stdin),
+            events,
+            pending: VecDeque::new(),
+            seen: VecDeque::new(),
+            stderr,
+            tags: 0,
+            version: String::new(),
+        };
+        let ready = client
+            .wait_for(SIO_START_TIMEOUT, |v| v["ev"] == "ready")
+            .await;
+        client.version = ready["version"].as_str().unwrap_or_default().to_string();
+        client
+    }
+
+    /// Sends one command (a JSON object).
+    pub fn send(&mut self, cmd: &Value) {
+        let line = serde_json::to_string(cmd).expect("serialize a driver command");
+        self.send_raw(&line);
+    }
+
+    /// Sends one line as it is (for malformed commands).
+    pub fn send_raw(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the driver's stdin is closed");
+        let res = stdin
+            .write_all(line.as_bytes())
+            .and_then(|_| stdin.write_all(b"\n"))
+            .and_then(|_| stdin.flush());
+        if let Err(e) = res {
+            panic!(
+                "cannot write to the socket.io driver ({e}); {}",
+                self.describe()
+            );
+        }
+    }
+
+    /// `io(url, opts)`; returns at once (see [`SioClient::expect_connect`]).
+    pub fn connect(&mut self, opts: &SioConnect) {
+        self.send(&opts.command());
+    }
+
+    /// Waits for `connect` and returns it (`{"ev":"connect","id","recovered","pid"}`);
+    /// panics on a `connect_error` or on timeout.
+    pub async fn expect_connect(&mut self, timeout: Duration) -> Value {
+        let v = self
+            .wait_for(timeout, |v| {
+                v["ev"] == "connect" || v["ev"] == "connect_error"
+            })
+            .await;
+        if v["ev"] != "connect" {
+            panic!("expected connect, got {v}; {}", self.describe());
+        }
+        v
+    }
+
+    /// Emits `event` with `args`. With `ack`, waits (bounded) for the
+    /// server's acknowledgement and returns its arguments; `None` when the
+    /// client gave up (no ack within [`SIO_ACK_TIMEOUT_MS`], or the socket
+    /// disconnected first). Without `ack`, returns `None` once the driver
+    /// has handed the packet to the client. Events that arrive meanwhile
+    /// stay for [`SioClient::next_event`].
+    pub async fn emit(&mut self, event: &str, args: Vec<Value>, ack: bool) -> Option<Vec<Value>> {
+        let tag = self.tag();
+        self.send(&serde_json::json!({
+            "cmd": "emit",
+            "event": event,
+            "args": args,
+            "ack": ack,
+            "tag": tag,
+            "timeout": SIO_ACK_TIMEOUT_MS,
+        }));
+        let bound = Duration::from_millis(SIO_ACK_TIMEOUT_MS) + FRAME_TIMEOUT;
+        let reply = self.reply(&tag, bound).await;
+        match reply["ev"].as_str() {
+            Some("ack") => Some(reply["args"].as_array().cloned().unwrap_or_default()),
+            Some("ack_timeout") | Some("emitted") => None,
+            _ => panic!("emit {event:?} failed: {reply}; {}", self.describe()),
+        }
+    }
+
+    /// `subscribe` `{"room"}` with an ack; returns the ack's first argument
+    /// (`{"ok":true}` or `{"error":…}`), panics when there is none.
+    pub async fn subscribe(&mut self, room: &str) -> Value {
+        let args = self
+            .emit("subscribe", vec![serde_json::json!({ "room": room })], true)
+            .await
+            .unwrap_or_else(|| panic!("subscribe {room:?}: no ack; {}", self.describe()));
+        args.into_iter().next().unwrap_or(Value::Null)
+    }
+
+    /// The driver's view of the socket: `{"ev":"state","connected","active",
+    /// "id","recovered","pid","offset"}` (`offset` is the client's
+    /// `_lastOffset`, what its next CONNECT would carry).
+    pub async fn state(&mut self) -> Value {
+        let tag = self.tag();
+        self.send(&serde_json::json!({ "cmd": "state", "tag": tag }));
+        let reply = self.reply(&tag, FRAME_TIMEOUT).await;
+        if reply["ev"] != "state" {
+            panic!("state failed: {reply}; {}", self.describe());
+        }
+        reply
+    }
+
+    /// `socket.disconnect()`: no reconnection follows.
+    pub fn disconnect(&mut self) {
+        self.send(&serde_json::json!({ "cmd": "disconnect" }));
+    }
+
+    /// `socket.connect()` on the same socket (it keeps its pid and offset).
+    pub fn connect_again(&mut self) {
+        self.send(&serde_json::json!({ "cmd": "connect_again" }));
+    }
+
+    /// Drops the WebSocket under the client without a close frame (a network
+    /// drop): the client reconnects by itself, with recovery.
+    pub fn close_transport(&mut self) {
+        self.send(&serde_json::json!({ "cmd": "close_transport" }));
+    }
+
+    /// The next event, at most `timeout` from now; `None` on timeout or when
+    /// the driver is gone.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        let v = match self.pending.pop_front() {
+            Some(v) => v,
+            None => tokio::time::timeout(timeout, self.events.recv())
+                .await
+                .ok()??,
+        };
+        self.note(&v);
+        Some(v)
+    }
+
+    /// The first event that satisfies `pred`, skipping (and dropping) the
+    /// others; panics with what it saw when none comes within `timeout`.
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        for _ in 0..SIO_MAX_SKIPPED {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                Some(v) if pred(&v) => return v,
+                Some(_) => continue,
+                None => panic!(
+                    "no matching socket.io event within {timeout:?}{}; {}",
+                    if self.exited() {
+                        " (the driver exited)"
+                    } else {
+                        ""
+                    },
+                    self.describe()
+                ),
+            }
+        }
+        panic!(
+            "no matching socket.io event in {SIO_MAX_SKIPPED} events; {}",
+            self.describe()
+        )
+    }
+
+    /// Waits for the event named `ev` (`"connect"`, `"disconnect"`, …).
+    pub async fn wait_ev(&mut self, timeout: Duration, ev: &str) -> Value {
+        self.wait_for(timeout, |v| v["ev"] == ev).await
+    }
+
+    /// Waits for the server event `name` (`{"ev":"event","name",…}`).
+    pub async fn wait_event(&mut self, timeout: Duration, name: &str) -> Value {
+        self.wait_for(timeout, |v| v["ev"] == "event" && v["name"] == name)
+            .await
+    }
+
+    /// Closes the driver's stdin (it then exits by itself) and waits for it
+    /// to exit, at most `timeout`; `None` if it did not.
+    pub fn close_stdin_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stdin = None;
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until_sync(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// The events taken so far (the last [`SIO_SEEN_KEPT`]).
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen.iter().cloned().collect()
+    }
+
+    /// What the driver wrote to stderr (the first [`SIO_STDERR_KEPT`] lines).
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn tag(&mut self) -> String {
+        self.tags += 1;
+        format!("t{}", self.tags)
+    }
+
+    /// The event that carries `tag` (a reply to one command), keeping the
+    /// others in `pending`, in order.
+    async fn reply(&mut self, tag: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        for _ in 0..SIO_MAX_SKIPPED {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = tokio::time::timeout(left, self.events.recv())
+                .await
+                .ok()
+                .flatten();
+            match next {
+                Some(v) if v["tag"] == tag => {
+                    self.note(&v);
+                    return v;
+                }
+                Some(v) => self.pending.push_back(v),
+                None => panic!(
+                    "no reply to command {tag} within {timeout:?}{}; pending: {:?}; {}",
+                    if self.exited() {
+                        " (the driver exited)"
+                    } else {
+                        ""
+                    },
+                    self.pending,
+                    self.describe()
+                ),
+            }
+        }
+        panic!(
+            "no reply to command {tag} in {SIO_MAX_SKIPPED} events; {}",
+            self.describe()
+        )
+    }
+
+    fn note(&mut self, v: &Value) {
+        if self.seen.len() == SIO_SEEN_KEPT {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(v.clone());
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    fn describe(&self) -> String {
+        let seen: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
+        format!(
+            "events seen (last {}):\n  {}\ndriver stderr:\n{}",
+            SIO_SEEN_KEPT,
+            if seen.is_empty() {
+                "(none)".to_string()
+            } else {
+                seen.join("\n  ")
+            },
+            self.stderr_text()
+        )
+    }
+}
+
+/// The directory whose `node_modules` holds socket.io-client, installed by
+/// tests/socketio/install.sh.
+///
+/// scripts/test.sh runs that script before `cargo test` and exports
+/// `WS_GATEWAY_SOCKETIO_DEPS`, so the (networked) install shows in its own
+/// step. Without the variable (a plain `cargo test`) the harness runs the
+/// same script itself, into `<target dir>/socketio-client`: it is idempotent
+/// and installs only what is missing (a few seconds the first time), as
+/// tests/readme.rs does for the recipes.
+pub fn socketio_deps() -> &'static Path {
+    static DEPS: OnceLock<PathBuf> = OnceLock::new();
+    DEPS.get_or_init(|| {
+        let (dir, from_env) = match std::env::var_os("WS_GATEWAY_SOCKETIO_DEPS") {
+            Some(d) => (PathBuf::from(d), true),
+            None => {
+                // BIN is <target dir>/<profile>/ws-gateway.
+                let target = Path::new(BIN)
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("the gateway binary lives in <target dir>/<profile>/");
+                (target.join("socketio-client"), false)
+            }
+        };
+        let ready = || {
+            dir.join("node_modules/socket.io-client/package.json")
+                .is_file()
+        };
+        if from_env {
+            assert!(
+                ready(),
+                "WS_GATEWAY_SOCKETIO_DEPS={} lacks node_modules/socket.io-client: run \
+                 `tests/socketio/install.sh {}` (scripts/test.sh does)",
+                dir.display(),
+                dir.display()
+            );
+            return dir;
+        }
+        install_socketio(&dir);
+        assert!(ready(), "{SIO_INSTALL} did not install socket.io-client");
+        dir
+    })
+}
+
+/// Runs install.sh into `dir`, bounded to 300 s.
+fn install_socketio(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    // A group of its own, so that a timeout kills npm too.
+    let mut child = Command::new("bash")
+        .arg(SIO_INSTALL)
+        .arg(dir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {SIO_INSTALL}: {e}"));
+    let readers = [
+        Box::new(child.stdout.take().expect("stdout pipe")) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().expect("stderr pipe")),
+    ]
+    .map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    });
+    let mut status = None;
+    wait_until_sync(Duration::from_secs(300), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let [out, err] = readers.map(|t| t.join().expect("pipe reader thread"));
+    match status {
+        Some(s) if s.success() => {}
+        _ => panic!(
+            "installing socket.io-client (`bash {SIO_INSTALL} {}`; needs node, npm and the npm \
+             registry) {}:\n{out}{err}",
+            dir.display(),
+            match status {
+                None => "did not finish within 300 s".to_string(),
+                Some(s) => format!("failed with {s}"),
+            }
+        ),
+    }
+}
