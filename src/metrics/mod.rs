@@ -66,6 +66,7 @@ pub const REFUSALS: &[&str] = &[
     "token_expired",
     "too_many_connections",
     "too_many_connections_per_ip",
+    "transport_unsupported",
 ];
 
 /// Which channel a published message came on (`broker_messages_total{kind}`).

@@ -1,0 +1,238 @@
+//! Socket.IO clients (SPEC §11), with the real `socket.io-client` (4.8.x,
+//! driven from Node by tests/common/socketio.rs): events under the mapped
+//! names with the right payload, refusals, recovery through a dropped
+//! transport and through a gateway restart, and the client events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The `args` of a server event seen by the client.
+fn args(event: &Value) -> Vec<Value> {
+    event["args"].as_array().cloned().unwrap_or_default()
+}
+
+async fn publish(redis: &Redis, channel: &str, message: Value) {
+    redis.publish(channel, message.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_under_their_mapped_names_with_the_data_and_the_id() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &["admin"])));
+    let connected = sio.expect_connect(WAIT).await;
+    assert_eq!(connected["recovered"], false, "{connected}");
+    redis.wait_numsub("ws:user:42", 1).await;
+    redis.wait_numsub("ws:role:admin", 1).await;
+
+    let alert = json!({"type": "BUDGET_ALERT", "id": "m1", "data": {"budget": "food", "pct": 90}});
+    publish(&redis, "ws:user:42", alert).await;
+    let e = sio.wait_event(WAIT, "budget:threshold_exceeded").await;
+    assert_eq!(
+        args(&e),
+        vec![json!({"budget": "food", "pct": 90}), json!("m1")]
+    );
+
+    let news = json!({"type": "NEW_TRANSACTION", "id": "b1", "data": {"amount": -12.5}});
+    publish(&redis, "ws:broadcast", news).await;
+    let e = sio.wait_event(WAIT, "transaction:created").await;
+    assert_eq!(args(&e), vec![json!({"amount": -12.5}), json!("b1")]);
+
+    // A type the table does not know keeps its name; no data: the whole
+    // message; no id: the last offset again.
+    let custom = json!({"type": "AUDIT", "note": "x"});
+    publish(&redis, "ws:role:admin", custom.clone()).await;
+    let e = sio.wait_event(WAIT, "AUDIT").await;
+    assert_eq!(args(&e), vec![custom, json!("b1")]);
+
+    let stats = gw.get("/metrics").await.text();
+    assert!(
+        stats.contains(r#"ws_gateway_connections{transport="socketio"} 1"#),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_a_final_connect_error() {
+    let gw = gateway().start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token("not-a-jwt"));
+    let e = sio.wait_ev(WAIT, "connect_error").await;
+    assert_eq!(e["message"], "invalid_token", "{e}");
+    // 44 is final: socket.io-client does not try again by itself.
+    if let Some(v) = sio.next_event(Duration::from_millis(1500)).await {
+        panic!("after a 44: {v}");
+    }
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).auth(json!({})));
+    let e = sio.wait_ev(WAIT, "connect_error").await;
+    assert_eq!(e["message"], "missing_token", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_is_refused_with_transport_unsupported() {
+    let gw = gateway().in_process().start().await;
+    let r = gw.get("/socket.io/?EIO=4&transport=polling").await;
+    r.assert_error(400, "transport_unsupported");
+    let r = gw.get("/socket.io/?EIO=3&transport=websocket").await;
+    r.assert_error(400, "bad_request");
+}
+
+/// The way Socket.IO's own recovery works, across a dropped transport:
+/// the client reconnects with its pid and the offset of its last event,
+/// and gets exactly what it missed, in order, with `recovered: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transport_recovers_exactly_the_missed_events() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    sio.expect_connect(WAIT).await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    let mut conn = redis.conn().await;
+    let message = |n: u32| {
+        let id = ulid::Ulid::new().to_string();
+        (
+            id.clone(),
+            json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}}),
+        )
+    };
+    let (first, m) = message(0);
+    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+        .await
+        .unwrap();
+    let e = sio.wait_event(WAIT, "balance:updated").await;
+    assert_eq!(args(&e), vec![json!({"n": 0}), json!(first)]);
+
+    sio.close_transport();
+    sio.wait_ev(WAIT, "disconnect").await;
+    let mut missed = Vec::new();
+    for n in 1..=3 {
+        let (id, m) = message(n);
+        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+            .await
+            .unwrap();
+        missed.push(id);
+    }
+    let back = sio.expect_connect(WAIT).await;
+    assert_eq!(back["recovered"], true, "{back}");
+    for (n, id) in missed.iter().enumerate() {
+        let e = sio.wait_event(WAIT, "balance:updated").await;
+        assert_eq!(args(&e), vec![json!({"n": n + 1}), json!(id)], "in order");
+    }
+    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
+        panic!("a duplicate or more after the replay: {v}");
+    }
+}
+
+/// What Socket.IO's own recovery cannot do: the instance the client was
+/// on dies, and the one it reconnects to still has everything, from the
+/// user's Redis history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_recovers_exactly_the_missed_events() {
+    let redis = Redis::start();
+    let port = free_port();
+    let start = || async {
+        gateway()
+            .redis(&redis)
+            .arg("--listen")
+            .arg(&format!("127.0.0.1:{port}"))
+            .start()
+            .await
+    };
+    let gw = start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    sio.expect_connect(WAIT).await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    let mut conn = redis.conn().await;
+    let seq = |n: u32| json!({"type": "GOAL_PROGRESS_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
+    let m = seq(0);
+    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+        .await
+        .unwrap();
+    sio.wait_event(WAIT, "goal:progress_updated").await;
+
+    drop(gw); // killed: no drain, no close frame
+    sio.wait_ev(WAIT, "disconnect").await;
+    let mut missed = Vec::new();
+    for n in 1..=3 {
+        let m = seq(n);
+        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+            .await
+            .unwrap();
+        missed.push(m);
+    }
+    let _gw = start().await;
+    // The client's reconnect attempts fail until the new instance is up.
+    let back = sio.wait_ev(Duration::from_secs(20), "connect").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    for m in &missed {
+        let e = sio.wait_event(WAIT, "goal:progress_updated").await;
+        assert_eq!(
+            args(&e),
+            vec![m["data"].clone(), m["id"].clone()],
+            "in order"
+        );
+    }
+    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
+        panic!("a duplicate or more after the replay: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_and_unsubscribe_answer_through_acks() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let claims = json!({"sub": "42", "channels": ["household-*"], "exp": now_secs() + 3600});
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&mint_claims(&claims)));
+    sio.expect_connect(WAIT).await;
+    assert_eq!(sio.subscribe("household-7").await, json!({"ok": true}));
+    assert_eq!(sio.subscribe("team-1").await, json!({"error": "forbidden"}));
+    redis.wait_numsub("ws:room:household-7", 1).await;
+    publish(
+        &redis,
+        "ws:room:household-7",
+        json!({"type": "BUDGET_UPDATED", "id": "r1", "data": {}}),
+    )
+    .await;
+    let e = sio.wait_event(WAIT, "budget:updated").await;
+    assert_eq!(args(&e), vec![json!({}), json!("r1")]);
+    let left = sio
+        .emit("unsubscribe", vec![json!({"room": "household-7"})], true)
+        .await
+        .expect("an ack");
+    assert_eq!(left, vec![json!({"ok": true})]);
+    redis.wait_numsub("ws:room:household-7", 0).await;
+}
+
+/// `44` would be final; the per-user cap closes the transport instead, so
+/// the client keeps trying with its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_cap_closes_the_transport_with_4029() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "1")
+        .start()
+        .await;
+    let mut first = SioClient::start().await;
+    first.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    first.expect_connect(WAIT).await;
+    let mut second = SioClient::start().await;
+    second.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    let e = second
+        .wait_for(WAIT, |v| {
+            v["ev"] == "disconnect" || v["ev"] == "connect_error"
+        })
+        .await;
+    let closed = e.to_string();
+    assert!(closed.contains("4029"), "{closed}");
+    second.wait_ev(WAIT, "reconnect_attempt").await;
+}
