@@ -77,6 +77,8 @@ pub struct Published {
     /// The Socket.IO event frame, built by the first Socket.IO recipient
     /// and shared by the others.
     socketio_frame: std::sync::OnceLock<Bytes>,
+    /// The SSE event, likewise.
+    sse_frame: std::sync::OnceLock<Bytes>,
 }
 
 impl Published {
@@ -97,6 +99,12 @@ impl Published {
     /// The Socket.IO frame of this message, `build` making it once.
     pub fn socketio_frame(&self, build: impl FnOnce(&Published) -> Bytes) -> &Bytes {
         self.socketio_frame.get_or_init(|| build(self))
+    }
+
+    /// The SSE event of this message (SPEC §12), built once.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse_frame
+            .get_or_init(|| sse_event(self.id.as_deref(), &self.kind, self.payload()))
     }
 
     /// The JSON of the message's `data` field, as published.
@@ -140,7 +148,27 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
         kind: envelope.kind.into(),
         data,
         socketio_frame: std::sync::OnceLock::new(),
+        sse_frame: std::sync::OnceLock::new(),
     })
+}
+
+/// An SSE event (SPEC §12): `id:` when there is one, `event:`, one
+/// `data:` line per line of `data`, and the blank line that ends it.
+pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + event.len() + 64);
+    // A field's value ends at a line break: none may be inside one.
+    let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+    if let Some(id) = id {
+        out.put_slice(format!("id: {}\n", one_line(id)).as_bytes());
+    }
+    out.put_slice(format!("event: {}\n", one_line(event)).as_bytes());
+    for line in data.split(|&b| b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
 }
 
 /// `payload` as an unmasked server text frame (RFC 6455 §5.2).

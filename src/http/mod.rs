@@ -7,6 +7,7 @@ mod admin;
 mod client_ip;
 pub mod reply;
 mod slots;
+mod sse;
 pub(crate) mod upgrade;
 
 use crate::auth::Verifier;
@@ -223,6 +224,17 @@ pub async fn serve(
         let app = app.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            if endpoints == Endpoints::Main {
+                // A socket that sends nothing can still be evicted.
+                let sse = tokio::select! {
+                    sse = sse::requested(&stream) => sse,
+                    _ = &mut evicted => return,
+                };
+                if sse {
+                    sse::serve(app, stream, peer, slot, evicted).await;
+                    return;
+                }
+            }
             let _slot = slot;
             let service = service_fn(|req| {
                 let app = app.clone();

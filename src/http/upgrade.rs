@@ -26,7 +26,7 @@ const BEARER_PROTOCOL: &str = "bearer.";
 pub fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<reply::Body> {
     // What the per-IP limits count and the logs show.
     let ip = super::client_ip::client_ip(peer.ip(), req.headers(), &app.trusted_proxies);
-    let (admitted, key) = match admit(app, &req, ip) {
+    let (admitted, key) = match admit(app, &req, ip, true) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
@@ -88,7 +88,7 @@ pub fn handle_socketio(
             None,
         );
     }
-    let (admitted, key) = match admit(app, &req, ip) {
+    let (admitted, key) = match admit(app, &req, ip, true) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
@@ -103,21 +103,27 @@ pub fn handle_socketio(
 /// The refusals before any upgrade (SPEC §4): not an upgrade, a foreign
 /// origin, draining, capacity, the IP's limits and rate. Admitted: the
 /// capacity it holds, and the upgrade's key.
-fn admit(
+pub(super) fn admit<B>(
     app: &Arc<App>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     ip: IpAddr,
+    upgrade: bool,
 ) -> Result<(Admitted, String), Box<Response<reply::Body>>> {
-    let Some(key) = upgrade_key(req.headers()) else {
-        let message = "not a WebSocket upgrade request";
-        return Err(Box::new(refuse(
-            app,
-            ip,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            message,
-            None,
-        )));
+    let key = match upgrade_key(req.headers()) {
+        Some(key) => key,
+        None if !upgrade => "",
+        None => {
+            let message = "not a WebSocket upgrade request";
+            let status = StatusCode::BAD_REQUEST;
+            return Err(Box::new(refuse(
+                app,
+                ip,
+                status,
+                "bad_request",
+                message,
+                None,
+            )));
+        }
     };
     if !origin_allowed(req.headers(), &app.config.server.allowed_origins) {
         let message = "this page's origin may not connect; see server.allowed_origins";
@@ -232,10 +238,10 @@ where
     });
 }
 
-/// A WebSocket counted against `max_connections` (and, once admitted
+/// A connection counted against `max_connections` (and, once admitted
 /// there, against its IP's limit); uncounted when dropped, however the
 /// session ends.
-struct Admitted {
+pub(super) struct Admitted {
     app: Arc<App>,
     ip: Option<IpAddr>,
 }
@@ -275,7 +281,7 @@ impl Drop for Admitted {
 /// A refusal before the upgrade: answered in JSON, counted, and logged
 /// (reason, IP) at most once a second per reason, so that a flood of bad
 /// requests cannot flood the logs; the next line says how many it skipped.
-fn refuse(
+pub(super) fn refuse(
     app: &App,
     ip: IpAddr,
     status: StatusCode,
@@ -319,7 +325,7 @@ fn upgrade_key(headers: &HeaderMap) -> Option<&str> {
 /// Same-origin, a listed origin, or `*`. Requests without `Origin` (not
 /// from a browser) are allowed: the origin check protects browsers' users
 /// from cross-site pages, it does not authenticate.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(super) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return headers.get(header::ORIGIN).is_none();
     };

@@ -10,6 +10,7 @@ mod access;
 mod commands;
 mod deadlines;
 mod socketio;
+pub mod sse;
 mod websocket;
 
 use crate::auth::{AuthError, Identity, Verifier};

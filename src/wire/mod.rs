@@ -131,9 +131,9 @@ impl Wire {
         self.wake_if(wake);
     }
 
-    /// Sends tungstenite's bytes (control frames, replies), behind what is
-    /// queued.
-    fn send_raw(&self, buf: &[u8]) {
+    /// Sends bytes of the transport's own (tungstenite's control frames and
+    /// replies, SSE's head and pings), behind what is queued.
+    pub fn send_raw(&self, buf: &[u8]) {
         let out = std::iter::once(writev::Out::Raw(buf));
         let (_, wake) = lock(&self.state).send(&self.socket, out, &self.stats);
         self.wake_if(wake);
@@ -202,6 +202,21 @@ impl Wire {
 
     pub async fn flush(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Resolves when the client has closed its side (or the socket failed);
+    /// what it sends meanwhile is read and dropped. For a transport whose
+    /// client sends nothing after its request (SSE).
+    pub async fn client_gone(&self) {
+        let mut scratch = [0u8; 512];
+        while self.socket.readable().await.is_ok() {
+            match self.socket.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// The last thing before the socket is dropped: stop writing (the peer

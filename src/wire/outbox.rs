@@ -42,6 +42,8 @@ pub(super) struct Outbox {
 pub enum Encoding {
     /// As published (`/ws`).
     Plain,
+    /// As server-sent events (SPEC §12).
+    Sse,
     /// As Socket.IO events (SPEC §11). Every event ends with a recovery
     /// offset: its id, or for a message without one `offset` again, the
     /// last one sent (at first the connection's resume point).
@@ -56,7 +58,7 @@ impl Encoding {
     /// without an id). `/ws` has none.
     pub(super) fn offset(&self) -> Option<Arc<str>> {
         match self {
-            Encoding::Plain => None,
+            Encoding::Plain | Encoding::Sse => None,
             Encoding::SocketIo { offset, .. } => Some(offset.clone()),
         }
     }
@@ -73,6 +75,7 @@ impl Encoding {
     fn frame(&mut self, published: &Published) -> Bytes {
         match self {
             Encoding::Plain => published.frame.clone(),
+            Encoding::Sse => published.sse_frame().clone(),
             Encoding::SocketIo { events, offset } => match &published.id {
                 Some(id) => {
                     *offset = id.clone();

@@ -1,0 +1,299 @@
+//! Server-sent events (SPEC §12) with a plain HTTP client: the stream's
+//! head and framing, resume with `Last-Event-ID`, pings, rooms, the
+//! refusals before the stream, the end at `exp` + leeway, and the drain.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One SSE connection, read by hand.
+struct Sse {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    status: u16,
+    head: String,
+}
+
+/// One event, or a comment (`: ping`).
+#[derive(Debug, Default, PartialEq)]
+struct Event {
+    id: Option<String>,
+    event: Option<String>,
+    data: Vec<String>,
+    comment: Option<String>,
+}
+
+impl Event {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data.join("\n")).expect("data is JSON")
+    }
+}
+
+impl Sse {
+    async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request =
+            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut sse = Sse {
+            stream,
+            buf: Vec::new(),
+            status: 0,
+            head: String::new(),
+        };
+        let end = sse
+            .read_until(|b| b.windows(4).position(|w| w == b"\r\n\r\n"))
+            .await
+            .expect("a response head");
+        let head: Vec<u8> = sse.buf.drain(..end + 4).collect();
+        sse.head = String::from_utf8_lossy(&head).to_lowercase();
+        sse.status = sse.head[9..12].parse().unwrap();
+        sse
+    }
+
+    /// Reads until `found` finds something in the buffer (bounded); None
+    /// at the end of the stream.
+    async fn read_until(&mut self, found: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(at) = found(&self.buf) {
+                return Some(at);
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("the stream stalled")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The body of a refusal (the whole rest of the response).
+    async fn body(&mut self) -> Value {
+        self.read_until(|_| None).await;
+        serde_json::from_slice(&self.buf).expect("a JSON body")
+    }
+
+    /// The next event or comment; None when the stream ended.
+    async fn next(&mut self) -> Option<Event> {
+        let end = self
+            .read_until(|b| b.windows(2).position(|w| w == b"\n\n"))
+            .await?;
+        let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+        let mut event = Event::default();
+        for line in String::from_utf8(block).unwrap().lines() {
+            if let Some(c) = line.strip_prefix(':') {
+                event.comment = Some(c.trim().to_string());
+            } else if let Some((field, value)) = line.split_once(": ") {
+                match field {
+                    "id" => event.id = Some(value.to_string()),
+                    "event" => event.event = Some(value.to_string()),
+                    "data" => event.data.push(value.to_string()),
+                    other => panic!("unknown field {other:?}"),
+                }
+            }
+        }
+        Some(event)
+    }
+
+    /// The next event that is not a comment.
+    async fn next_event(&mut self) -> Event {
+        for _ in 0..100 {
+            match self.next().await {
+                Some(e) if e.comment.is_some() => continue,
+                Some(e) => return e,
+                None => panic!("the stream ended"),
+            }
+        }
+        panic!("only comments")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stream_as_events_after_connected() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let target = format!("/sse?token={}", token("42", &[]));
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    assert!(
+        sse.head.contains("content-type: text/event-stream"),
+        "{}",
+        sse.head
+    );
+    assert!(sse.head.contains("cache-control: no-cache"), "{}", sse.head);
+    assert!(sse.head.contains("x-accel-buffering: no"), "{}", sse.head);
+    let hello = sse.next_event().await;
+    assert_eq!(hello.event.as_deref(), Some("CONNECTED"));
+    assert_eq!(hello.json()["type"], "CONNECTED");
+    assert_eq!(hello.json()["data"]["user_id"], "42");
+    assert_eq!(
+        hello.id.as_deref(),
+        hello.json()["id"].as_str(),
+        "id: is the resume point"
+    );
+
+    redis.wait_numsub("ws:user:42", 1).await;
+    let alert = json!({"type": "BUDGET_ALERT", "id": "m1", "data": {"pct": 90}});
+    redis.publish("ws:user:42", alert.to_string()).await;
+    let e = sse.next_event().await;
+    assert_eq!(e.id.as_deref(), Some("m1"));
+    assert_eq!(e.event.as_deref(), Some("BUDGET_ALERT"));
+    assert_eq!(e.json(), alert, "the published bytes");
+
+    // A message without an id has no id: line; one with line breaks in
+    // its JSON gets one data: line per line.
+    let text = "{\"type\":\"NOTE\",\n\"data\":1}";
+    redis.publish("ws:broadcast", text).await;
+    let e = sse.next_event().await;
+    assert_eq!(e.id, None);
+    assert_eq!(e.data, vec!["{\"type\":\"NOTE\",", "\"data\":1}"]);
+
+    let metrics = gw.get("/metrics").await.text();
+    assert!(
+        metrics.contains(r#"ws_gateway_connections{transport="sse"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_resumes_exactly_the_missed_messages() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut conn = redis.conn().await;
+    let message =
+        |n: u32| json!({"type": "SEQ", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
+    let first = message(0);
+    conn.publish_canonical("42", first.to_string().as_bytes(), 100, WAIT)
+        .await
+        .unwrap();
+    let missed: Vec<Value> = (1..=3).map(message).collect();
+    for m in &missed {
+        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+            .await
+            .unwrap();
+    }
+    let target = format!("/sse?token={}", token("42", &[]));
+    let last = first["id"].as_str().unwrap();
+    let mut sse = Sse::open(gw.addr, &target, &[("Last-Event-ID", last)]).await;
+    let hello = sse.next_event().await;
+    assert_eq!(hello.json()["data"]["recovered"], true);
+    assert_eq!(hello.json()["data"]["replayed"], 3);
+    for m in &missed {
+        let e = sse.next_event().await;
+        assert_eq!(e.json(), *m, "in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_the_stream_alive() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", "1")
+        .start()
+        .await;
+    let target = format!("/sse?token={}", token("42", &[]));
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    sse.next_event().await;
+    let ping = sse.next().await.expect("a ping");
+    assert_eq!(ping.comment.as_deref(), Some("ping"), "{ping:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_come_before_the_stream() {
+    let gw = gateway()
+        .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "1")
+        .start()
+        .await;
+    let mut sse = Sse::open(gw.addr, "/sse?token=nope", &[]).await;
+    assert_eq!(sse.status, 401);
+    assert_eq!(sse.body().await["error"], "invalid_token");
+    let mut sse = Sse::open(gw.addr, "/sse", &[]).await;
+    assert_eq!(sse.status, 401);
+    assert_eq!(sse.body().await["error"], "missing_token");
+
+    let claims = json!({"sub": "7", "channels": ["household-*"], "exp": now_secs() + 3600});
+    let target = format!(
+        "/sse?token={}&rooms=household-1,team-2",
+        mint_claims(&claims)
+    );
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    assert_eq!(sse.status, 403);
+    assert_eq!(sse.body().await["error"], "forbidden");
+
+    let bearer = format!("Bearer {}", token("42", &[]));
+    let mut first = Sse::open(gw.addr, "/sse", &[("Authorization", &bearer)]).await;
+    assert_eq!(first.status, 200);
+    first.next_event().await;
+    let mut second = Sse::open(gw.addr, "/sse", &[("Authorization", &bearer)]).await;
+    assert_eq!(second.status, 429);
+    assert_eq!(second.body().await["error"], "too_many_connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_join_from_the_query() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let claims = json!({"sub": "7", "channels": ["household-*"], "exp": now_secs() + 3600});
+    let target = format!("/sse?token={}&rooms=household-1", mint_claims(&claims));
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    assert_eq!(sse.status, 200);
+    sse.next_event().await;
+    redis.wait_numsub("ws:room:household-1", 1).await;
+    let m = json!({"type": "BUDGET_UPDATED", "id": "r1"});
+    redis.publish("ws:room:household-1", m.to_string()).await;
+    assert_eq!(sse.next_event().await.json(), m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_ends_at_exp_plus_leeway() {
+    let gw = gateway().env("GATEWAY_AUTH_LEEWAY_SECS", "0").start().await;
+    let claims = json!({"sub": "42", "exp": now_secs() + 2});
+    let target = format!("/sse?token={}", mint_claims(&claims));
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    assert_eq!(sse.status, 200);
+    let mut ended = false;
+    for _ in 0..20 {
+        if sse.next().await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the stream did not end");
+    let ok = wait_until(WAIT, || async { gw.stats().await["connections"] == 0 }).await;
+    assert!(ok, "the connection is gone: {}", gw.stats().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_the_stream() {
+    let gw = gateway()
+        .env("GATEWAY_SERVER_SHUTDOWN_DRAIN_SECS", "1")
+        .start()
+        .await;
+    let target = format!("/sse?token={}", token("42", &[]));
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    sse.next_event().await;
+    gw.sigterm();
+    let mut ended = false;
+    for _ in 0..20 {
+        if sse.next().await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the stream did not end on SIGTERM");
+}
