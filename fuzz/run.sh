@@ -20,7 +20,7 @@ seconds=${1:-${FUZZ_SECONDS:-60}}
 [ $# -gt 0 ] && shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(parse_client validate_published resume handshake)
+    targets=(parse_client validate_published resume handshake engineio)
 fi
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
 

@@ -71,6 +71,7 @@ pub mod wire;
 /// an API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::engineio::{parse as engineio_parse, Events as SocketIoEvents, Packet};
     pub use crate::http::upgrade::fuzzing as handshake;
     pub use crate::resume::{parse, replay, Admit, Gate, Horizon, Point, Replay, CLOCK_SKEW_MS};
 }

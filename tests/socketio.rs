@@ -236,3 +236,56 @@ async fn the_per_user_cap_closes_the_transport_with_4029() {
     assert!(closed.contains("4029"), "{closed}");
     second.wait_ev(WAIT, "reconnect_attempt").await;
 }
+
+/// SPEC §5 through Socket.IO: `token_expiring` before `exp`, and at `exp`
+/// + leeway a DISCONNECT, which socket.io-client takes as final ("io
+/// server disconnect": it does not reconnect with the expired token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_the_connection_for_good() {
+    let gw = gateway().env("GATEWAY_AUTH_LEEWAY_SECS", "0").start().await;
+    let exp = now_secs() + 3;
+    let claims = json!({"sub": "42", "exp": exp});
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&mint_claims(&claims)));
+    let connected = sio.expect_connect(WAIT).await;
+    let e = sio.wait_event(WAIT, "token_expiring").await;
+    assert_eq!(args(&e)[0], json!({"exp": exp}), "{e}");
+    assert_eq!(args(&e)[1], connected["pid"], "the offset so far: the pid");
+    let gone = sio.wait_ev(WAIT, "disconnect").await;
+    assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+    if let Some(v) = sio.next_event(Duration::from_millis(1500)).await {
+        panic!("after the final disconnect: {v}");
+    }
+}
+
+/// `auth_refresh` with a valid token moves the deadline and is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_refresh_is_acked() {
+    let gw = gateway().start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    sio.expect_connect(WAIT).await;
+    let fresh = json!({"sub": "42", "exp": now_secs() + 7200});
+    let ack = sio
+        .emit(
+            "auth_refresh",
+            vec![json!({"token": mint_claims(&fresh)})],
+            true,
+        )
+        .await
+        .expect("an ack");
+    assert_eq!(ack[0]["ok"], true, "{ack:?}");
+    assert_eq!(ack[0]["exp"], fresh["exp"], "{ack:?}");
+    let other = json!({"sub": "7", "exp": now_secs() + 7200});
+    let ack = sio
+        .emit(
+            "auth_refresh",
+            vec![json!({"token": mint_claims(&other)})],
+            true,
+        )
+        .await
+        .expect("an ack");
+    assert_eq!(ack[0]["error"], "invalid_token", "{ack:?}");
+    let gone = sio.wait_ev(WAIT, "disconnect").await;
+    assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+}

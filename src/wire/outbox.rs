@@ -370,3 +370,42 @@ impl Outbox {
         self.recount();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::validate_published;
+
+    fn message(text: &str) -> Published {
+        validate_published(Bytes::from(text.to_string())).unwrap()
+    }
+
+    /// A broadcast to Socket.IO clients costs one encoding, not one per
+    /// client: every connection gets the same bytes.
+    #[test]
+    fn a_socketio_frame_is_built_once_and_shared() {
+        let names = std::collections::BTreeMap::new();
+        let events = Arc::new(Events::new(&names, "data"));
+        let connection = |offset: &str| Encoding::SocketIo {
+            events: events.clone(),
+            offset: offset.into(),
+        };
+        let (mut a, mut b) = (connection("pa"), connection("pb"));
+        let m = message(r#"{"type":"X","id":"m1","data":1}"#);
+        let (fa, fb) = (a.frame(&m), b.frame(&m));
+        assert_eq!(fa.as_ptr(), fb.as_ptr(), "shared, not copied");
+        assert!(fa.ends_with(br#"42["X",1,"m1"]"#), "{fa:?}");
+        // Without an id, each connection's own frame with its last offset.
+        b.set_offset("pb2");
+        let n = message(r#"{"type":"Y"}"#);
+        assert!(a.frame(&n).ends_with(br#","m1"]"#));
+        assert!(b.frame(&n).ends_with(br#","pb2"]"#));
+        // SSE events are shared too.
+        let (fa, fb) = (Encoding::Sse.frame(&m), Encoding::Sse.frame(&m));
+        assert_eq!(fa.as_ptr(), fb.as_ptr());
+        assert_eq!(
+            &fa[..],
+            b"id: m1\nevent: X\ndata: {\"type\":\"X\",\"id\":\"m1\",\"data\":1}\n\n"
+        );
+    }
+}
