@@ -60,7 +60,7 @@ pub struct App {
     /// Peers whose forwarding headers name the client (`trusted_proxies`).
     trusted_proxies: Vec<crate::config::Cidr>,
     /// Refused handshakes are logged at most once a second per reason.
-    refusal_log: LogLimit<&'static str>,
+    refusal_log: Arc<LogLimit<&'static str>>,
 }
 
 impl App {
@@ -74,7 +74,10 @@ impl App {
         capacity: Capacity,
     ) -> Self {
         let c = &config.connection;
+        // One limit for the refusals logged here and by the sessions.
+        let refusal_log = Arc::new(LogLimit::new(Duration::from_secs(1)));
         let sessions = Arc::new(Sessions {
+            refusal_log: refusal_log.clone(),
             hub: hub.clone(),
             broker: broker.clone(),
             instance: instance.clone(),
@@ -112,7 +115,7 @@ impl App {
             http_slots: slots::HttpSlots::new(capacity.http_connections),
             per_ip,
             trusted_proxies,
-            refusal_log: LogLimit::new(Duration::from_secs(1)),
+            refusal_log,
         }
     }
 

@@ -267,18 +267,24 @@ impl Hub {
         let stats = &self.shared.stats;
         let mut valid = Deliveries::new();
         let mut received = 0;
+        let mut dropped = Vec::new();
         for payload in payloads {
             received += 1;
             match validate_published(payload) {
                 Ok(published) => valid.push(Arc::new(published)),
                 Err(invalid) => {
-                    stats.messages_dropped.add(invalid.as_str(), 1);
                     self.log_drop(channel, invalid.as_str());
+                    dropped.push(invalid.as_str());
                 }
             }
         }
+        // Received before dropped: a scrape never sees a drop of a message
+        // not counted as received.
         let kind = self.shared.names.kind_of(channel);
         stats.broker_messages.add(kind, received);
+        for reason in dropped {
+            stats.messages_dropped.add(reason, 1);
+        }
         if valid.is_empty() {
             return;
         }

@@ -57,6 +57,9 @@ pub struct Sessions {
     pub max_rooms: usize,
     /// How messages become Socket.IO events (`[socketio]`).
     pub socketio_events: Arc<crate::engineio::Events>,
+    /// Refusals are logged at most once a second per reason, here as in
+    /// the HTTP layer (the same limit).
+    pub refusal_log: Arc<crate::log_limit::LogLimit<&'static str>>,
 }
 
 /// Why a session ended: the close log line's `reason` and `code`, and
@@ -135,8 +138,7 @@ pub async fn run(
     let who = match auth {
         Ok(who) => who,
         Err(e) => {
-            tracing::info!(reason = e.code(), detail = e.message(), %ip, "handshake refused");
-            stats.handshake_rejections.add(e.code(), 1);
+            sessions.refused(e.code(), None, ip);
             websocket::refuse(ws, e.code(), e.message(), close::INVALID_TOKEN).await;
             return;
         }
@@ -145,8 +147,7 @@ pub async fn run(
     let mut registration = match hub.register(&who, wire.clone(), Transport::WebSocket) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
-            tracing::info!(reason = "too_many_connections", user = %user, %ip, "handshake refused");
-            stats.handshake_rejections.add("too_many_connections", 1);
+            sessions.refused("too_many_connections", Some(&user), ip);
             let message = "this user has too many open connections";
             websocket::refuse(
                 ws,
@@ -246,8 +247,7 @@ pub async fn run_socketio(
     let who = match sessions.verifier.verify(&token) {
         Ok(who) => who,
         Err(e) => {
-            tracing::info!(reason = e.code(), detail = e.message(), %ip, "handshake refused");
-            stats.handshake_rejections.add(e.code(), 1);
+            sessions.refused(e.code(), None, ip);
             socketio::refuse(ws, e.code(), close::INVALID_TOKEN).await;
             return;
         }
@@ -256,8 +256,7 @@ pub async fn run_socketio(
     let mut registration = match hub.register(&who, wire.clone(), Transport::SocketIo) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
-            tracing::info!(reason = "too_many_connections", user = %user, %ip, "handshake refused");
-            stats.handshake_rejections.add("too_many_connections", 1);
+            sessions.refused("too_many_connections", Some(&user), ip);
             // No 44: that is final for the client; a close lets it retry.
             let reason = "too_many_connections";
             websocket::refuse_silently(ws, reason, close::TOO_MANY_CONNECTIONS).await;
@@ -331,6 +330,16 @@ fn closed(sessions: &Sessions, user: &str, connection_id: &str, started: Instant
 }
 
 impl Sessions {
+    /// Counts a refusal after the request was read, and logs it (reason,
+    /// IP) at most once a second per reason, with the count suppressed.
+    fn refused(&self, reason: &'static str, user: Option<&str>, ip: IpAddr) {
+        self.hub.stats().handshake_rejections.add(reason, 1);
+        if let Some(suppressed) = self.refusal_log.check(reason) {
+            let user = user.map(tracing::field::display);
+            tracing::info!(reason, user, %ip, suppressed, "handshake refused");
+        }
+    }
+
     /// What to replay to `user_id` after `since`. A failed history read is
     /// reported as not recovered: the client re-fetches its state.
     async fn replay(&self, user_id: &str, since: &str) -> Replay {

@@ -65,8 +65,7 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
     let mut registration = match hub.register(&who, wire.clone(), Transport::Sse) {
         Ok(r) => r,
         Err(Refused::TooManyConnections) => {
-            tracing::info!(reason = "too_many_connections", user = %user, %ip, "handshake refused");
-            stats.handshake_rejections.add("too_many_connections", 1);
+            sessions.refused("too_many_connections", Some(&user), ip);
             let message = "this user has too many open connections";
             refuse(&wire, &refusal(429, "too_many_connections", message)).await;
             return;
