@@ -297,3 +297,42 @@ async fn a_drain_ends_the_stream() {
     }
     assert!(ended, "the stream did not end on SIGTERM");
 }
+
+/// A browser asks for `/sse` on the connection that loaded its page: that
+/// request is hyper's, not the stream's. It is sent, with a 307 and
+/// `Connection: close`, to a fresh connection, where the stream works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_on_a_kept_alive_connection_is_redirected_to_a_fresh_one() {
+    let gw = gateway().start().await;
+    let target = format!("/sse?token={}", token("42", &[]));
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let requests = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {0}\r\n\r\nGET {target} HTTP/1.1\r\nHost: {0}\r\nAccept: text/event-stream\r\n\r\n",
+        gw.addr
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the connection is closed after the 307");
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let second = &text[text.find("http/1.1 307").expect("a 307")..];
+    assert!(
+        second.contains(&format!("location: {}", target.to_lowercase())),
+        "{text}"
+    );
+    assert!(second.contains("connection: close"), "{text}");
+    let mut sse = Sse::open(gw.addr, &target, &[]).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.next_event().await.event.as_deref(), Some("CONNECTED"));
+}

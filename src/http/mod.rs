@@ -265,6 +265,9 @@ pub async fn serve(
 /// The endpoints of SPEC §7.
 enum Route<'a> {
     WebSocket,
+    /// `/sse` as a later request of a kept-alive connection (the first is
+    /// taken before hyper, see [`sse`]).
+    SseAgain,
     Liveness,
     Readiness,
     Health,
@@ -279,6 +282,7 @@ impl<'a> Route<'a> {
     fn resolve(path: &'a str) -> Option<Self> {
         Some(match path {
             "/ws" => Route::WebSocket,
+            "/sse" => Route::SseAgain,
             "/healthz" => Route::Liveness,
             "/readyz" => Route::Readiness,
             "/ws/health" => Route::Health,
@@ -347,6 +351,7 @@ async fn route(
     }
     match route {
         Route::WebSocket => upgrade::handle(app, req, peer),
+        Route::SseAgain => sse::on_a_fresh_connection(&req),
         Route::Liveness => reply::json(StatusCode::OK, &json!({ "status": "ok" })),
         Route::Readiness => readyz(app),
         Route::Health => health(app),

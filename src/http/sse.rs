@@ -21,6 +21,28 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
+/// `/sse` asked on a connection that served a request before (a browser
+/// reuses the one that loaded the page): hyper has it, and the stream must
+/// be written by a wire. A 307 to the same URL with `Connection: close`
+/// sends the client, `EventSource` included (it follows redirects), to a
+/// fresh connection, whose first request is taken before hyper.
+pub fn on_a_fresh_connection<B>(req: &Request<B>) -> http::Response<super::reply::Body> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/sse", |p| p.as_str())
+        .to_string();
+    let mut response = http::Response::new(super::reply::Body::default());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&target) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Whether the connection's first request is `GET /sse`: a look at its
 /// first bytes, without reading them (a client that sends nothing is
 /// hyper's to time out).
