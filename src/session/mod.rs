@@ -170,12 +170,12 @@ pub async fn run(
     };
     let connection_id = registration.id.to_string();
     let started = Instant::now();
-    tracing::info!(
-        user = %user,
-        connection = %connection_id,
-        %ip,
-        recovered = replay.as_ref().map(|r| r.recovered),
-        "connection opened"
+    opened(
+        &user,
+        &connection_id,
+        ip,
+        Transport::WebSocket,
+        replay.as_ref(),
     );
 
     let hello = protocol::connected(
@@ -188,14 +188,7 @@ pub async fn run(
         replay.as_ref().map_or(0, |r| r.messages.len()),
     );
     let end = if websocket::send(&mut ws, hello).await {
-        // The replay, then the live messages the wire held meanwhile.
-        let replayed = replay.map(|r| r.messages).unwrap_or_default();
-        for message in &replayed {
-            wire.send_replayed(message);
-        }
-        let count = replayed.len() as u64;
-        stats.replayed_messages.fetch_add(count, Relaxed);
-        wire.release(&replayed);
+        replay_then_release(&wire, replay);
         let mut access = Access::new(who, registration);
         websocket::serve(&mut ws, &wire, &sessions, &mut access, Dialect::Plain).await
     } else {
@@ -281,23 +274,15 @@ pub async fn run_socketio(
     wire.set_offset(&pid);
     let connection_id = registration.id.to_string();
     let started = Instant::now();
-    tracing::info!(
-        user = %user,
-        connection = %connection_id,
-        %ip,
-        transport = "socketio",
-        recovered = replay.as_ref().map(|r| r.recovered),
-        "connection opened"
+    opened(
+        &user,
+        &connection_id,
+        ip,
+        Transport::SocketIo,
+        replay.as_ref(),
     );
     let end = if websocket::send(&mut ws, engineio::connected(&sid, &pid).into()).await {
-        let replayed = replay.map(|r| r.messages).unwrap_or_default();
-        for message in &replayed {
-            wire.send_replayed(message);
-        }
-        stats
-            .replayed_messages
-            .fetch_add(replayed.len() as u64, Relaxed);
-        wire.release(&replayed);
+        replay_then_release(&wire, replay);
         let mut access = Access::new(who, registration);
         websocket::serve(&mut ws, &wire, &sessions, &mut access, Dialect::SocketIo).await
     } else {
@@ -314,6 +299,39 @@ async fn subscribed(registration: &mut crate::hub::Registration, user: &str) {
             tracing::warn!(user = %user, "subscription not confirmed in time; connecting anyway");
         }
     }
+}
+
+/// Logs a session's start (its transport, and whether its resume was
+/// recovered).
+fn opened(
+    user: &str,
+    connection_id: &str,
+    ip: IpAddr,
+    transport: Transport,
+    replay: Option<&Replay>,
+) {
+    tracing::info!(
+        user = %user,
+        connection = %connection_id,
+        %ip,
+        transport = transport.label(),
+        recovered = replay.map(|r| r.recovered),
+        "connection opened"
+    );
+}
+
+/// Sends the replay, then lets the live messages the wire held meanwhile
+/// follow (minus the replay's duplicates).
+fn replay_then_release(wire: &Wire, replay: Option<Replay>) {
+    let replayed = replay.map(|r| r.messages).unwrap_or_default();
+    for message in &replayed {
+        wire.send_replayed(message);
+    }
+    let stats = wire.stats();
+    stats
+        .replayed_messages
+        .fetch_add(replayed.len() as u64, Relaxed);
+    wire.release(&replayed);
 }
 
 /// Counts and logs a session's end.

@@ -6,7 +6,7 @@
 
 use super::access::Access;
 use super::deadlines::{Beat, Heartbeat};
-use super::{closed, subscribed, End, Sessions};
+use super::{closed, opened, replay_then_release, subscribed, End, Sessions};
 use crate::auth::Identity;
 use crate::hub::Refused;
 use crate::logsafe::Escaped;
@@ -14,7 +14,6 @@ use crate::metrics::Transport;
 use crate::protocol::{self, sse_event};
 use crate::wire::{CloseReason, Encoding, Wire};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -96,14 +95,7 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
     };
     let connection_id = access.registration.id.to_string();
     let started = Instant::now();
-    tracing::info!(
-        user = %user,
-        connection = %connection_id,
-        %ip,
-        transport = "sse",
-        recovered = replay.as_ref().map(|r| r.recovered),
-        "connection opened"
-    );
+    opened(&user, &connection_id, ip, Transport::Sse, replay.as_ref());
     let hello = protocol::connected(
         &resume_point,
         &connection_id,
@@ -120,14 +112,7 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
         hello.as_bytes(),
     ));
     wire.send_raw(&head);
-    let replayed = replay.map(|r| r.messages).unwrap_or_default();
-    for message in &replayed {
-        wire.send_replayed(message);
-    }
-    stats
-        .replayed_messages
-        .fetch_add(replayed.len() as u64, Relaxed);
-    wire.release(&replayed);
+    replay_then_release(&wire, replay);
     let end = serve(&wire, &sessions, &access).await;
     drop(access);
     closed(&sessions, &user, &connection_id, started, end);

@@ -163,6 +163,11 @@ impl Wire {
         lock(&self.state).closed()
     }
 
+    /// Where this connection's deliveries are counted.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     /// Socket.IO: the recovery offset the last event carried (at first the
     /// connection's resume point, [`Wire::set_offset`]).
     pub fn offset(&self) -> Option<Arc<str>> {
