@@ -21,6 +21,28 @@ fn seq_of(text: &str) -> u64 {
     v["data"]["n"].as_u64().expect("data.n")
 }
 
+/// Publishes SEQ messages of `pad` bytes to user 9, at most `max`, until
+/// the gateway counts a slow consumer (looked at every `check_every`).
+async fn publish_until_slow_consumer(
+    gw: &Gateway,
+    redis: &Redis,
+    pad: usize,
+    max: u32,
+    check_every: u32,
+) {
+    let pad = "x".repeat(pad);
+    let mut conn = redis.conn().await;
+    for n in 0..max {
+        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
+        conn.publish("ws:user:9", msg.as_bytes()).await;
+        if n % check_every == check_every - 1 && gw.stats().await["slow_consumer_disconnects"] == 1
+        {
+            return;
+        }
+    }
+    panic!("never a slow consumer");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connection_gets_4008_and_the_other_gets_everything() {
     let redis = Redis::start();
@@ -133,20 +155,9 @@ async fn a_slow_consumer_reading_at_a_trickle_still_reads_its_4008() {
         .await;
     let mut slow = gw.user("9", &[]).await;
     redis.wait_numsub("ws:user:9", 1).await;
-    let pad = "x".repeat(64 * 1024);
-    let mut conn = redis.conn().await;
     // Fill its socket buffers and queue until it is a slow consumer
     // (bounded: 64 MiB is far more than any socket buffers).
-    let mut overflowed = false;
-    for n in 0..1024 {
-        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
-        conn.publish("ws:user:9", msg.as_bytes()).await;
-        if n % 16 == 15 && gw.stats().await["slow_consumer_disconnects"] == 1 {
-            overflowed = true;
-            break;
-        }
-    }
-    assert!(overflowed, "never a slow consumer");
+    publish_until_slow_consumer(&gw, &redis, 64 * 1024, 1024, 16).await;
     // Read at a trickle: about 320 KiB/s, so what the buffers hold takes
     // longer than the 10 s close grace.
     let started = std::time::Instant::now();
@@ -189,18 +200,7 @@ async fn a_slow_consumer_that_reads_slowly_then_recovers_reads_its_4008() {
         .await;
     let mut slow = gw.user("9", &[]).await;
     redis.wait_numsub("ws:user:9", 1).await;
-    let pad = "x".repeat(64 * 1024);
-    let mut conn = redis.conn().await;
-    let mut overflowed = false;
-    for n in 0..1024 {
-        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
-        conn.publish("ws:user:9", msg.as_bytes()).await;
-        if n % 16 == 15 && gw.stats().await["slow_consumer_disconnects"] == 1 {
-            overflowed = true;
-            break;
-        }
-    }
-    assert!(overflowed, "never a slow consumer");
+    publish_until_slow_consumer(&gw, &redis, 64 * 1024, 1024, 16).await;
     let started = std::time::Instant::now();
     let mut frames = 0;
     let code = loop {
@@ -299,18 +299,7 @@ async fn a_slow_consumer_stuck_in_a_big_frame_still_reads_its_4008() {
     let gw = gateway().redis(&redis).start().await;
     let (mut stream, mut got) = raw_client(&gw, "9").await;
     redis.wait_numsub("ws:user:9", 1).await;
-    let pad = "x".repeat(1000 * 1000);
-    let mut conn = redis.conn().await;
-    let mut overflowed = false;
-    for n in 0..64 {
-        let msg = format!(r#"{{"type":"SEQ","data":{{"n":{n},"pad":"{pad}"}}}}"#);
-        conn.publish("ws:user:9", msg.as_bytes()).await;
-        if gw.stats().await["slow_consumer_disconnects"] == 1 {
-            overflowed = true;
-            break;
-        }
-    }
-    assert!(overflowed, "never a slow consumer");
+    publish_until_slow_consumer(&gw, &redis, 1000 * 1000, 64, 1).await;
     // 8 KiB/s for 20 s, a masked PING every 2 s; then full speed until the
     // Close frame or the end of the stream.
     let started = std::time::Instant::now();
