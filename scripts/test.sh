@@ -13,6 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The build and the installed tools take ~4 GB; say so up front rather than
+# fail mid-build with "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kb:-0}" -lt 4000000 ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free here; the build and test tools need ~4 GB" >&2
+fi
+
 # What the tests need from Debian: redis-server (integration tests start their
 # own on free ports), chromium (the browser test of the test console), haproxy
 # (tests/load_balancer.rs runs deploy/haproxy/haproxy.cfg), and
