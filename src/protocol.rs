@@ -19,6 +19,9 @@ pub mod close {
     pub const INVALID_UTF8: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// RFC 6455's "try again later": a resume that cannot read the history
+    /// now (Redis unreachable) is refused rather than reported as lost.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INVALID_TOKEN: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Publishes `n` messages to `user` through the admin API; returns their ids.
 async fn publish_n(gw: &Gateway, user: &str, n: usize, tag: &str) -> Vec<String> {
@@ -245,4 +246,55 @@ async fn ulid_since_not_in_history_is_placed_by_time() {
     assert_eq!(d["recovered"], false, "{d}");
     assert_eq!(d["replayed"], 2, "still everything newer: {d}");
     assert_eq!(c.next_json().await["id"], ids[1].as_str());
+}
+
+/// A resume asked while Redis does not answer cannot read the history. The
+/// messages are safe there, so `recovered:false` (re-fetch everything)
+/// would be wrong: the gateway refuses with 1013 (try again later), and the
+/// retry once Redis answers again recovers exactly what was missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_redis_is_unreachable_is_refused_for_a_retry() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut conn = redis.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = ulid::Ulid::new().to_string();
+        let m = json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}});
+        let ok = conn
+            .publish_canonical("42", m.to_string().as_bytes(), 100, FRAME_TIMEOUT)
+            .await;
+        assert_eq!(ok, Ok(true), "publish #{n}");
+        ids.push(id);
+    }
+
+    redis.pause();
+    let opts = ConnectOpts::token(&token("42", &[])).query("since", &ids[0]);
+    let mut c = gw
+        .connect_raw(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("handshake refused: {}", describe_ws_error(&e)));
+    // Bounded by the subscription wait and the command timeout (5 s each).
+    let first = c.next_text_within(Duration::from_secs(30)).await;
+    let v: Value = serde_json::from_str(&first).expect("a JSON frame");
+    assert_eq!(
+        v["type"], "ERROR",
+        "no CONNECTED while history is unreadable: {v}"
+    );
+    assert_eq!(v["data"]["code"], "history_unavailable", "{v}");
+    c.expect_close(1013).await;
+
+    redis.resume();
+    let (mut c, d) = connect_since(&gw, "42", &ids[0]).await;
+    assert_eq!(d["recovered"], true, "{d}");
+    for want in &ids[1..] {
+        let v = c.next_json().await;
+        assert_eq!(v["id"], want.as_str(), "replayed in order: {v}");
+    }
+    let metrics = gw.get("/metrics").await.text();
+    assert!(
+        metrics
+            .contains(r#"ws_gateway_handshake_rejections_total{reason="history_unavailable"} 1"#),
+        "the refusal is counted: {metrics}"
+    );
 }

@@ -187,6 +187,67 @@ async fn a_gateway_restart_recovers_exactly_the_missed_events() {
     }
 }
 
+/// Socket.IO's own recovery cannot work when its adapter's Redis is
+/// away. Here the client comes back while Redis does not answer: the
+/// gateway cannot read the history, so it closes the transport (no `44`,
+/// no fresh pid that would say "lost"), the client retries by itself, and
+/// once Redis answers it recovers exactly the missed events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_while_redis_is_unreachable_recovers_once_it_answers() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
+    sio.expect_connect(WAIT).await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    let mut conn = redis.conn().await;
+    let seq = |n: u32| json!({"type": "BALANCE_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
+    let m = seq(0);
+    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+        .await
+        .unwrap();
+    sio.wait_event(WAIT, "balance:updated").await;
+
+    sio.disconnect();
+    sio.wait_ev(WAIT, "disconnect").await;
+    let mut missed = Vec::new();
+    for n in 1..=3 {
+        let m = seq(n);
+        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+            .await
+            .unwrap();
+        missed.push(m);
+    }
+    redis.pause();
+    sio.connect_again();
+    // Bounded by the subscription wait and the command timeout (5 s each).
+    let refused = sio
+        .wait_for(Duration::from_secs(30), |v| {
+            ["connect", "connect_error", "disconnect"].contains(&v["ev"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_ne!(
+        refused["ev"], "connect",
+        "connected while history was unreadable: {refused}"
+    );
+    sio.wait_ev(WAIT, "reconnect_attempt").await;
+
+    redis.resume();
+    let back = sio.wait_ev(Duration::from_secs(40), "connect").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    for m in &missed {
+        let e = sio.wait_event(WAIT, "balance:updated").await;
+        assert_eq!(
+            args(&e),
+            vec![m["data"].clone(), m["id"].clone()],
+            "in order"
+        );
+    }
+    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
+        panic!("a duplicate or more after the replay: {v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_and_unsubscribe_answer_through_acks() {
     let redis = Redis::start();

@@ -20,6 +20,8 @@ struct Sse {
     buf: Vec<u8>,
     status: u16,
     head: String,
+    /// How long a read may wait.
+    wait: Duration,
 }
 
 /// One event, or a comment (`: ping`).
@@ -29,6 +31,7 @@ struct Event {
     event: Option<String>,
     data: Vec<String>,
     comment: Option<String>,
+    retry: Option<u64>,
 }
 
 impl Event {
@@ -39,6 +42,16 @@ impl Event {
 
 impl Sse {
     async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse::open_within(addr, target, headers, WAIT).await
+    }
+
+    /// [`Sse::open`], with reads that may wait `wait`.
+    async fn open_within(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+        wait: Duration,
+    ) -> Sse {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut request =
             format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
@@ -52,6 +65,7 @@ impl Sse {
             buf: Vec::new(),
             status: 0,
             head: String::new(),
+            wait,
         };
         let end = sse
             .read_until(|b| b.windows(4).position(|w| w == b"\r\n\r\n"))
@@ -66,7 +80,7 @@ impl Sse {
     /// Reads until `found` finds something in the buffer (bounded); None
     /// at the end of the stream.
     async fn read_until(&mut self, found: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + self.wait;
         let mut chunk = [0u8; 4096];
         loop {
             if let Some(at) = found(&self.buf) {
@@ -104,6 +118,7 @@ impl Sse {
                     "id" => event.id = Some(value.to_string()),
                     "event" => event.event = Some(value.to_string()),
                     "data" => event.data.push(value.to_string()),
+                    "retry" => event.retry = Some(value.parse().expect("retry is a number")),
                     other => panic!("unknown field {other:?}"),
                 }
             }
@@ -335,4 +350,62 @@ async fn sse_on_a_kept_alive_connection_is_redirected_to_a_fresh_one() {
     let mut sse = Sse::open(gw.addr, &target, &[]).await;
     assert_eq!(sse.status, 200);
     assert_eq!(sse.next_event().await.event.as_deref(), Some("CONNECTED"));
+}
+
+/// A `Last-Event-ID` resume while Redis does not answer: the history
+/// cannot be read, and the messages are safe there. The stream tells the
+/// `EventSource` to come back (`retry:`, an ERROR event without an id, the
+/// end), and the retry once Redis answers recovers exactly what was missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_redis_is_unreachable_asks_for_a_retry() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let mut conn = redis.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = ulid::Ulid::new().to_string();
+        let m = json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}});
+        let ok = conn
+            .publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
+            .await;
+        assert_eq!(ok, Ok(true), "publish #{n}");
+        ids.push(id);
+    }
+    let target = format!("/sse?token={}", token("42", &[]));
+
+    redis.pause();
+    // Bounded by the subscription wait and the command timeout (5 s each).
+    let headers = [("Last-Event-ID", ids[0].as_str())];
+    let mut sse = Sse::open_within(gw.addr, &target, &headers, Duration::from_secs(30)).await;
+    assert_eq!(
+        sse.status, 200,
+        "an EventSource stops for good on any other status"
+    );
+    let error = sse.next_event().await;
+    assert_eq!(error.event.as_deref(), Some("ERROR"), "{error:?}");
+    assert_eq!(error.json()["data"]["code"], "history_unavailable");
+    assert_eq!(
+        error.id, None,
+        "the retry must keep the client's Last-Event-ID"
+    );
+    let retry = error.retry.expect("a retry: delay");
+    assert!((1000..=10_000).contains(&retry), "retry {retry} ms");
+    assert_eq!(
+        sse.next().await,
+        None,
+        "the stream ends, so the client comes back"
+    );
+
+    redis.resume();
+    let mut sse = Sse::open(gw.addr, &target, &[("Last-Event-ID", &ids[0])]).await;
+    let hello = sse.next_event().await;
+    assert_eq!(hello.json()["data"]["recovered"], true, "{hello:?}");
+    for want in &ids[1..] {
+        let e = sse.next_event().await;
+        assert_eq!(
+            e.id.as_deref(),
+            Some(want.as_str()),
+            "replayed in order: {e:?}"
+        );
+    }
 }

@@ -67,6 +67,7 @@ pub const REFUSALS: &[&str] = &[
     "too_many_connections",
     "too_many_connections_per_ip",
     "transport_unsupported",
+    "history_unavailable",
 ];
 
 /// Which channel a published message came on (`broker_messages_total{kind}`).

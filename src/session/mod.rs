@@ -164,9 +164,14 @@ pub async fn run(
     subscribed(&mut registration, &user).await;
     // The client's resume point until its first message (SPEC §4).
     let resume_point = ulid::Ulid::new().to_string();
-    let replay = match &since {
-        Some(since) => Some(sessions.replay(&who.user_id, since).await),
-        None => None,
+    let Ok(replay) = sessions
+        .replay_since(&who.user_id, since.as_deref(), &user, ip)
+        .await
+    else {
+        drop(registration);
+        let (code, message) = (HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_MESSAGE);
+        websocket::refuse(ws, code, message, close::TRY_AGAIN_LATER).await;
+        return;
     };
     let connection_id = registration.id.to_string();
     let started = Instant::now();
@@ -260,9 +265,12 @@ pub async fn run_socketio(
     let client_pid = field("pid");
     // The client's offset is the last event's; without one, its resume
     // point (SPEC §11).
-    let replay = match field("offset").or(client_pid) {
-        Some(since) => Some(sessions.replay(&who.user_id, since).await),
-        None => None,
+    let since = field("offset").or(client_pid);
+    let Ok(replay) = sessions.replay_since(&who.user_id, since, &user, ip).await else {
+        drop(registration);
+        // No 44: the client reconnects by itself, with the same pid and offset.
+        websocket::refuse_silently(ws, HISTORY_UNAVAILABLE, close::TRY_AGAIN_LATER).await;
+        return;
     };
     let recovered = replay.as_ref().is_some_and(|r| r.recovered);
     // `socket.recovered` is true exactly when the reply echoes the pid the
@@ -300,6 +308,16 @@ async fn subscribed(registration: &mut crate::hub::Registration, user: &str) {
         }
     }
 }
+
+/// The refusal of a resume whose history cannot be read now (SPEC §4's
+/// recovery, with Redis unreachable): each transport tells its client to
+/// come back, which then resumes from the same point.
+pub(crate) const HISTORY_UNAVAILABLE: &str = "history_unavailable";
+const HISTORY_UNAVAILABLE_MESSAGE: &str =
+    "the message history cannot be read right now; reconnect with the same resume point";
+
+/// The history could not be read (see [`Sessions::replay`]).
+pub(crate) struct HistoryUnavailable;
 
 /// Logs a session's start (its transport, and whether its resume was
 /// recovered).
@@ -359,23 +377,44 @@ impl Sessions {
     }
 
     /// What to replay to `user_id` after `since`. A failed history read is
-    /// reported as not recovered: the client re-fetches its state.
-    async fn replay(&self, user_id: &str, since: &str) -> Replay {
+    /// not "not recovered": the messages are safe in Redis, so the caller
+    /// refuses the connection for a retry ([`HISTORY_UNAVAILABLE`]).
+    async fn replay(&self, user_id: &str, since: &str) -> Result<Replay, HistoryUnavailable> {
         let key = self.hub.names().history_key(user_id);
         let horizon = Horizon {
             now_ms: crate::publish::unix_millis(),
             ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX),
         };
         match self.broker.history(&key).await {
-            Ok(entries) => resume::replay(&resume::parse(entries), &Point::since(since), horizon),
+            Ok(entries) => Ok(resume::replay(
+                &resume::parse(entries),
+                &Point::since(since),
+                horizon,
+            )),
             Err(e) => {
-                tracing::warn!(error = %e, user = %user_id, "history read failed; not recovered");
-                Replay {
-                    recovered: false,
-                    messages: Vec::new(),
-                }
+                tracing::warn!(error = %e, user = %user_id, "history read failed; resume refused for a retry");
+                Err(HistoryUnavailable)
             }
         }
+    }
+
+    /// [`Sessions::replay`] for an optional `since`; a failed read is
+    /// counted and logged as the refusal [`HISTORY_UNAVAILABLE`].
+    async fn replay_since(
+        &self,
+        user_id: &str,
+        since: Option<&str>,
+        user: &str,
+        ip: IpAddr,
+    ) -> Result<Option<Replay>, HistoryUnavailable> {
+        let Some(since) = since else {
+            return Ok(None);
+        };
+        let replay = self.replay(user_id, since).await;
+        if replay.is_err() {
+            self.refused(HISTORY_UNAVAILABLE, Some(user), ip);
+        }
+        replay.map(Some)
     }
 }
 

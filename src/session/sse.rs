@@ -6,7 +6,10 @@
 
 use super::access::Access;
 use super::deadlines::{Beat, Heartbeat};
-use super::{closed, opened, replay_then_release, subscribed, End, Sessions};
+use super::{
+    closed, opened, replay_then_release, subscribed, End, Sessions, HISTORY_UNAVAILABLE,
+    HISTORY_UNAVAILABLE_MESSAGE,
+};
 use crate::auth::Identity;
 use crate::hub::Refused;
 use crate::logsafe::Escaped;
@@ -89,9 +92,21 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
         }
     }
     let resume_point = ulid::Ulid::new().to_string();
-    let replay = match &since {
-        Some(since) => Some(sessions.replay(&access.who.user_id, since).await),
-        None => None,
+    let user_id = &access.who.user_id;
+    let Ok(replay) = sessions
+        .replay_since(user_id, since.as_deref(), &user, ip)
+        .await
+    else {
+        drop(access);
+        // A 200 whose stream ends at once: an `EventSource` reconnects
+        // after `retry` with the same Last-Event-ID (a non-200 would stop
+        // it for good).
+        let mut response = stream_head(cors_origin.as_deref());
+        let error = protocol::error(HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_MESSAGE);
+        response.extend_from_slice(format!("retry: {}\n", retry_ms()).as_bytes());
+        response.extend_from_slice(&sse_event(None, "ERROR", error.as_bytes()));
+        refuse(&wire, &response).await;
+        return;
     };
     let connection_id = access.registration.id.to_string();
     let started = Instant::now();
@@ -133,6 +148,12 @@ fn stream_head(cors_origin: Option<&str>) -> Vec<u8> {
     }
     head.push_str("\r\n");
     head.into_bytes()
+}
+
+/// When an `EventSource` told to come back does so: 2-5 s, spread so that
+/// the clients of an outage do not return at once.
+fn retry_ms() -> u64 {
+    rand::random_range(2000..5000)
 }
 
 /// Writes a refusal, then lets the socket go (bounded).
