@@ -43,18 +43,38 @@ async fn publish_until_slow_consumer(
     panic!("never a slow consumer");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_connection_gets_4008_and_the_other_gets_everything() {
-    let redis = Redis::start();
-    let gw = gateway()
-        .redis(&redis)
-        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
-        .start()
-        .await;
-    let mut fast = gw.user("9", &[]).await;
-    let mut stalled = gw.user("9", &[]).await;
-    redis.wait_numsub("ws:user:9", 1).await;
+/// A connection that reads the SEQ messages of [`publish_all_while_reading`].
+trait SeqReader {
+    /// The next message's `n`.
+    async fn next_seq(&mut self) -> u64;
+}
 
+impl SeqReader for Client {
+    async fn next_seq(&mut self) -> u64 {
+        seq_of(&self.next_text().await)
+    }
+}
+
+impl SeqReader for Sse {
+    async fn next_seq(&mut self) -> u64 {
+        let event = self.next_event().await;
+        assert_eq!(event.event.as_deref(), Some("SEQ"), "{event:?}");
+        seq_of(&event.data.join("\n"))
+    }
+}
+
+impl SeqReader for SioClient {
+    async fn next_seq(&mut self) -> u64 {
+        let event = self.wait_ev(WAIT_TIMEOUT, "event").await;
+        assert_eq!(event["name"], "SEQ", "{:.200}", event.to_string());
+        event["args"][0]["n"].as_u64().expect("data.n")
+    }
+}
+
+/// Publishes [`COUNT`] SEQ messages of [`PAD`] bytes to user 9, never more
+/// than [`WINDOW`] ahead of what `reader` has read, and checks that it
+/// reads every one, in order (bounded to 60 s).
+async fn publish_all_while_reading(redis: &Redis, reader: &mut impl SeqReader) {
     let pad = "x".repeat(PAD);
     let mut conn = redis.conn().await;
     let mut published = 0usize;
@@ -70,14 +90,28 @@ async fn stalled_connection_gets_4008_and_the_other_gets_everything() {
             conn.publish("ws:user:9", msg.as_bytes()).await;
             published += 1;
         }
-        let t = fast.next_text().await;
-        let n = seq_of(&t);
+        let n = reader.next_seq().await;
         assert_eq!(
             n, received as u64,
             "the reading connection must get every message in order"
         );
         received += 1;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_gets_4008_and_the_other_gets_everything() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
+        .start()
+        .await;
+    let mut fast = gw.user("9", &[]).await;
+    let mut stalled = gw.user("9", &[]).await;
+    redis.wait_numsub("ws:user:9", 1).await;
+
+    publish_all_while_reading(&redis, &mut fast).await;
 
     // The stalled client now resumes: whatever was buffered arrives in
     // order from 0 without gaps, then a Close 4008.
@@ -342,4 +376,121 @@ async fn a_slow_consumer_stuck_in_a_big_frame_still_reads_its_4008() {
         started.elapsed(),
         gw.logs_text()
     );
+}
+
+/// SSE (SPEC §12) has the same rule: a stream that reads nothing is ended
+/// after what it was sent, in order (an `EventSource` then comes back with
+/// its Last-Event-ID), and the other stream of the user reads everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_slow_consumer_is_ended_and_the_other_stream_gets_everything() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
+        .start()
+        .await;
+    let target = format!("/sse?token={}", token("9", &[]));
+    let mut fast = Sse::open(gw.addr, &target, &[]).await;
+    let mut stalled = Sse::open(gw.addr, &target, &[]).await;
+    for sse in [&mut fast, &mut stalled] {
+        assert_eq!(sse.next_event().await.event.as_deref(), Some("CONNECTED"));
+    }
+    redis.wait_numsub("ws:user:9", 1).await;
+
+    publish_all_while_reading(&redis, &mut fast).await;
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        gw.stats().await["slow_consumer_disconnects"] == 1
+    })
+    .await;
+    assert!(ok, "one slow consumer: {}", gw.stats().await);
+
+    let mut buffered = 0u64;
+    for _ in 0..=COUNT {
+        match stalled.next().await {
+            Some(e) if e.comment.is_some() => continue,
+            Some(e) => {
+                assert_eq!(e.event.as_deref(), Some("SEQ"), "{e:?}");
+                assert_eq!(seq_of(&e.data.join("\n")), buffered, "in order, no gap");
+                buffered += 1;
+            }
+            None => break,
+        }
+    }
+    assert!(
+        buffered < COUNT as u64,
+        "the stalled stream received all {COUNT} messages; it was never a slow consumer"
+    );
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        gw.stats().await["connections"] == 1
+    })
+    .await;
+    assert!(ok, "only the reading stream is left: {}", gw.stats().await);
+}
+
+/// Socket.IO (SPEC §11) too: the raw Engine.IO client below stops reading
+/// after its CONNECT; it reads what it was sent, in order, then close 4008
+/// (no `41`, so a real client reconnects with recovery). The real
+/// socket.io-client of the same user reads everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_slow_consumer_gets_4008_and_the_other_client_gets_everything() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_SEND_QUEUE", "16")
+        .start()
+        .await;
+    let mut fast = SioClient::start().await;
+    fast.connect(&SioConnect::to(gw.addr).token(&token("9", &[])));
+    fast.expect_connect(WAIT_TIMEOUT).await;
+    let mut stalled = raw_socketio(&gw, "9").await;
+    redis.wait_numsub("ws:user:9", 1).await;
+    gw.wait_connections(2).await;
+
+    publish_all_while_reading(&redis, &mut fast).await;
+    let ok = wait_until(WAIT_TIMEOUT, || async {
+        gw.stats().await["slow_consumer_disconnects"] == 1
+    })
+    .await;
+    assert!(ok, "one slow consumer: {}", gw.stats().await);
+
+    let (texts, code, got_close) = stalled.read_until_close(Duration::from_secs(30)).await;
+    let events: Vec<&String> = texts.iter().filter(|t| t.as_str() != "2").collect();
+    for (i, t) in events.iter().enumerate() {
+        let packet: Value = serde_json::from_str(&t[2..])
+            .unwrap_or_else(|e| panic!("not a 42 event ({e}): {:.200}", t));
+        assert!(t.starts_with("42"), "{:.200}", t);
+        assert_eq!(packet[0], "SEQ");
+        assert_eq!(packet[1]["n"], i as u64, "in order, no gap");
+    }
+    assert!(
+        events.len() < COUNT,
+        "the stalled client received everything"
+    );
+    assert!(got_close, "the stream ended without a Close frame");
+    assert_eq!(code, Some(4008), "a close the client reconnects after");
+    assert!(
+        !texts.iter().any(|t| t == "41"),
+        "no 41: the client must reconnect"
+    );
+}
+
+/// A Socket.IO connection spoken by hand: the open packet, CONNECT with the
+/// token, the CONNECT reply; then it reads only when the test asks.
+async fn raw_socketio(gw: &Gateway, user: &str) -> Client {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gw.addr);
+    let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the upgrade within 5 s")
+        .expect("the upgrade");
+    let mut client = Client {
+        ws,
+        response_headers: Vec::new(),
+    };
+    let open = client.next_text().await;
+    assert!(open.starts_with("0{"), "open packet: {open}");
+    let connect = serde_json::json!({ "token": token(user, &[]) });
+    client.send_text(&format!("40{connect}")).await;
+    let reply = client.next_text().await;
+    assert!(reply.starts_with("40{"), "CONNECT reply: {reply}");
+    client
 }

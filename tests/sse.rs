@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -13,131 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One SSE connection, read by hand.
-struct Sse {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    status: u16,
-    head: String,
-    /// How long a read may wait.
-    wait: Duration,
-}
-
-/// One event, or a comment (`: ping`).
-#[derive(Debug, Default, PartialEq)]
-struct Event {
-    id: Option<String>,
-    event: Option<String>,
-    data: Vec<String>,
-    comment: Option<String>,
-    retry: Option<u64>,
-}
-
-impl Event {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data.join("\n")).expect("data is JSON")
-    }
-}
-
-impl Sse {
-    async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
-        Sse::open_within(addr, target, headers, WAIT).await
-    }
-
-    /// [`Sse::open`], with reads that may wait `wait`.
-    async fn open_within(
-        addr: SocketAddr,
-        target: &str,
-        headers: &[(&str, &str)],
-        wait: Duration,
-    ) -> Sse {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut request =
-            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut sse = Sse {
-            stream,
-            buf: Vec::new(),
-            status: 0,
-            head: String::new(),
-            wait,
-        };
-        let end = sse
-            .read_until(|b| b.windows(4).position(|w| w == b"\r\n\r\n"))
-            .await
-            .expect("a response head");
-        let head: Vec<u8> = sse.buf.drain(..end + 4).collect();
-        sse.head = String::from_utf8_lossy(&head).to_lowercase();
-        sse.status = sse.head[9..12].parse().unwrap();
-        sse
-    }
-
-    /// Reads until `found` finds something in the buffer (bounded); None
-    /// at the end of the stream.
-    async fn read_until(&mut self, found: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + self.wait;
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(at) = found(&self.buf) {
-                return Some(at);
-            }
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .expect("the stream stalled")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The body of a refusal (the whole rest of the response).
-    async fn body(&mut self) -> Value {
-        self.read_until(|_| None).await;
-        serde_json::from_slice(&self.buf).expect("a JSON body")
-    }
-
-    /// The next event or comment; None when the stream ended.
-    async fn next(&mut self) -> Option<Event> {
-        let end = self
-            .read_until(|b| b.windows(2).position(|w| w == b"\n\n"))
-            .await?;
-        let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-        let mut event = Event::default();
-        for line in String::from_utf8(block).unwrap().lines() {
-            if let Some(c) = line.strip_prefix(':') {
-                event.comment = Some(c.trim().to_string());
-            } else if let Some((field, value)) = line.split_once(": ") {
-                match field {
-                    "id" => event.id = Some(value.to_string()),
-                    "event" => event.event = Some(value.to_string()),
-                    "data" => event.data.push(value.to_string()),
-                    "retry" => event.retry = Some(value.parse().expect("retry is a number")),
-                    other => panic!("unknown field {other:?}"),
-                }
-            }
-        }
-        Some(event)
-    }
-
-    /// The next event that is not a comment.
-    async fn next_event(&mut self) -> Event {
-        for _ in 0..100 {
-            match self.next().await {
-                Some(e) if e.comment.is_some() => continue,
-                Some(e) => return e,
-                None => panic!("the stream ended"),
-            }
-        }
-        panic!("only comments")
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_stream_as_events_after_connected() {
