@@ -248,6 +248,70 @@ async fn a_reconnect_while_redis_is_unreachable_recovers_once_it_answers() {
     }
 }
 
+/// Socket.IO's Redis adapter loses what is published while its
+/// subscriber is away. Here Redis is killed and restarted empty while a
+/// socket.io-client stays connected; what the backend publishes as soon as
+/// Redis is back, before the gateway has resubscribed, still arrives: the
+/// gateway reads it from the new history. Exactly once, in order, and the
+/// client never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_client_gets_everything_through_a_redis_restart() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_REDIS_CANARY_INTERVAL_SECS", "1")
+        .start()
+        .await;
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token("7", &[])));
+    sio.expect_connect(WAIT).await;
+    redis.wait_numsub("ws:user:7", 1).await;
+    let seq = |n: u32| json!({"type": "BALANCE_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
+    let mut conn = redis.conn().await;
+    let before = seq(0);
+    conn.publish_canonical("7", before.to_string().as_bytes(), 100, WAIT)
+        .await
+        .unwrap();
+    let e = sio.wait_event(WAIT, "balance:updated").await;
+    assert_eq!(args(&e)[0], before["data"]);
+
+    drop(conn);
+    redis.kill();
+    let down = wait_until(WAIT, || async {
+        gw.try_get("/readyz").await.map(|r| r.status) == Some(503)
+    })
+    .await;
+    assert!(down, "/readyz should report the outage");
+    let redis = tokio::task::spawn_blocking(move || Redis::start_on(port))
+        .await
+        .expect("restart redis");
+    // At once, as a backend retrying its publishes would.
+    let mut conn = redis.conn().await;
+    let mut after = Vec::new();
+    for n in 1..=10 {
+        let m = seq(n);
+        conn.publish_canonical("7", m.to_string().as_bytes(), 100, WAIT)
+            .await
+            .unwrap();
+        after.push(m);
+    }
+    for m in &after {
+        let e = sio
+            .wait_for(Duration::from_secs(30), |v| v["ev"] != "packet")
+            .await;
+        assert_eq!(e["ev"], "event", "the client stays connected: {e}");
+        assert_eq!(
+            args(&e),
+            vec![m["data"].clone(), m["id"].clone()],
+            "in order, once"
+        );
+    }
+    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
+        panic!("a duplicate or more: {v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_and_unsubscribe_answer_through_acks() {
     let redis = Redis::start();
