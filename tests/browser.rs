@@ -1122,3 +1122,70 @@ async fn console_shows_events_over_socketio_and_recovers() {
     let errors = console.cdp.page_errors();
     assert!(errors.is_empty(), "the page logged errors: {errors:?}");
 }
+
+/// The README's `EventSource` snippet (`<!-- recipe: sse -->`), as printed
+/// but for its origin, in a page of the gateway's origin: its CONNECTED
+/// listener logs the connection, and its stream carries a BUDGET_ALERT
+/// published to the room it asked for and one to the user. Named `readme_`
+/// so that `scripts/test.sh readme` runs it with the other snippets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_sse_snippet_as_printed() {
+    let Some(binary) = chromium_or_skip("readme_sse_snippet_as_printed") else {
+        return;
+    };
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let snippet = pointed_at(
+        &readme_recipe("sse"),
+        &format!("http://127.0.0.1:{}", gw.port()),
+    );
+    let token = mint_claims(&json!({
+        "sub": "42",
+        "channels": ["household-*"],
+        "exp": now_secs() + 600,
+    }));
+    let mut page = Console::open_with(&binary, gw.port(), "", (1024, 768)).await;
+    // The page's side of the harness: the token the snippet reads, and a
+    // record of what it logs.
+    page.eval(&format!(
+        "window.token = {}; window.logged = []; \
+         {{ const log = console.log; console.log = (...a) => {{ logged.push(a); log(...a); }}; }} true",
+        json!(token)
+    ))
+    .await;
+    page.eval(&format!("{snippet}; true")).await;
+    let connected = page
+        .wait_for(
+            "logged.some(a => a[0] === 'connected' && a[1].user_id === '42')",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    assert!(
+        connected,
+        "the snippet did not log CONNECTED: {}",
+        page.eval("JSON.stringify(logged)").await
+    );
+    page.eval("window.alerts = []; es.addEventListener('BUDGET_ALERT', (e) => alerts.push(e.lastEventId)); true")
+        .await;
+    redis.wait_numsub("ws:room:household-7", 1).await;
+    for channel in ["ws:room:household-7", "ws:user:42"] {
+        let id = ulid::Ulid::new().to_string();
+        let alert = json!({ "type": "BUDGET_ALERT", "id": id, "data": { "category": "dining" } });
+        redis.publish(channel, alert.to_string()).await;
+        let got = page
+            .wait_for(&format!("alerts.includes({})", json!(id)), PAGE_TIMEOUT)
+            .await;
+        assert!(
+            got,
+            "no BUDGET_ALERT from {channel}: {}",
+            page.eval("JSON.stringify(alerts)").await
+        );
+    }
+    assert_eq!(
+        page.eval("es.readyState").await,
+        json!(1),
+        "the stream stays open"
+    );
+    let errors = page.cdp.page_errors();
+    assert!(errors.is_empty(), "page errors: {errors:?}");
+}

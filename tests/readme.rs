@@ -28,7 +28,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::Value;
 
-const README: &str = include_str!("../README.md");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every marker the README may carry; each must mark exactly one block.
@@ -41,6 +40,8 @@ const RECIPES: &[&str] = &[
     "node",
     "go",
     "browser",
+    "socketio",
+    "sse",
 ];
 
 /// How long one recipe may run. They take well under a second; the bound
@@ -51,43 +52,10 @@ const RECIPE_TIMEOUT: Duration = Duration::from_secs(60);
 const HISTORY_SIZE: usize = 100;
 const HISTORY_TTL_SECS: i64 = 604_800;
 
-/// The body of the block marked `<!-- recipe: NAME -->`.
+/// The body of the block marked `<!-- recipe: NAME -->` (one of [`RECIPES`]).
 fn recipe(name: &str) -> String {
     assert!(RECIPES.contains(&name), "unknown recipe name {name:?}");
-    let marker = format!("<!-- recipe: {name} -->");
-    let lines: Vec<&str> = README.lines().collect();
-    let at: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].trim() == marker)
-        .collect();
-    assert_eq!(
-        at.len(),
-        1,
-        "README.md must mark exactly one block with the line `{marker}` right before its \
-         ``` fence, found {}: tests/readme.rs runs that block as printed",
-        at.len()
-    );
-    let fence = lines.get(at[0] + 1).copied().unwrap_or("");
-    assert!(
-        fence.starts_with("```"),
-        "README.md line {}: `{marker}` must be followed directly by a ``` fence, found {fence:?}",
-        at[0] + 2
-    );
-    let body: Vec<&str> = lines[at[0] + 2..]
-        .iter()
-        .take_while(|l| l.trim_end() != "```")
-        .copied()
-        .collect();
-    assert!(
-        at[0] + 2 + body.len() < lines.len(),
-        "README.md: the block marked `{marker}` has no closing ``` fence"
-    );
-    assert!(
-        !body.is_empty(),
-        "README.md: the block marked `{marker}` is empty"
-    );
-    let mut text = body.join("\n");
-    text.push('\n');
-    text
+    readme_recipe(name)
 }
 
 #[test]
@@ -95,7 +63,7 @@ fn readme_every_recipe_is_marked_once_and_every_marker_is_known() {
     for name in RECIPES {
         recipe(name);
     }
-    for (i, line) in README.lines().enumerate() {
+    for (i, line) in README_TEXT.lines().enumerate() {
         if let Some(rest) = line.trim().strip_prefix("<!-- recipe:") {
             let name = rest.trim_end_matches("-->").trim();
             assert!(
@@ -131,6 +99,57 @@ fn readme_go_recipe_is_a_complete_program() {
         "UnixMilli()",
     ] {
         assert!(go.contains(needed), "the Go recipe lacks {needed:?}");
+    }
+}
+
+/// The Socket.IO snippet of "Migrating from Socket.IO", in Node with the
+/// real socket.io-client (tests/recipes/socketio_check.mjs): it connects,
+/// its `subscribe` is acked, and its `budget:threshold_exceeded` listener
+/// gets the message's data and id, for a room message and a user message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_socketio_snippet_as_printed() {
+    let redis = Redis::start();
+    let gw = gateway().redis(&redis).start().await;
+    let dir = TempDir::new();
+    let modules = socketio_deps().join("node_modules");
+    std::os::unix::fs::symlink(&modules, dir.path().join("node_modules"))
+        .expect("link node_modules");
+    let snippet = dir.write(
+        "snippet.mjs",
+        &pointed_at(&recipe("socketio"), &format!("http://{}", gw.addr)),
+    );
+    let check =
+        std::fs::read_to_string(Path::new(MANIFEST_DIR).join("tests/recipes/socketio_check.mjs"))
+            .expect("read socketio_check.mjs");
+    let check = dir.write("check.mjs", &check);
+    let token = mint_claims(&serde_json::json!({
+        "sub": "42",
+        "channels": ["household-*"],
+        "exp": now_secs() + 600,
+    }));
+    let mut node = LineReader::spawn(
+        Command::new("node")
+            .arg(&check)
+            .arg(&snippet)
+            .env("TOKEN", &token),
+    );
+
+    let ack = node.wait_line(|l| l.contains("ok: true"));
+    assert!(
+        ack.is_some(),
+        "the snippet's subscribe was not acked: {}",
+        node.output()
+    );
+    redis.wait_numsub("ws:room:household-7", 1).await;
+    for (channel, n) in [("ws:room:household-7", 1), ("ws:user:42", 2)] {
+        let id = ulid::Ulid::new().to_string();
+        let message = serde_json::json!({"type": "BUDGET_ALERT", "id": id, "data": {"n": n}});
+        redis.publish(channel, message.to_string()).await;
+        let line = node.wait_line(|l| l.contains("budget:threshold_exceeded"));
+        let line =
+            line.unwrap_or_else(|| panic!("no budget event for {channel}: {}", node.output()));
+        let call: Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(call["args"], serde_json::json!([{"n": n}, id]), "{line}");
     }
 }
 
@@ -478,4 +497,86 @@ fn recipe_deps() -> &'static Path {
         assert!(ready(), "{} did not install everything", install.display());
         dir
     })
+}
+
+/// A long-running recipe process whose stdout the test reads line by line
+/// (bounded waits); killed, with its process group, on drop.
+struct LineReader {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// How long [`LineReader::wait_line`] waits.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl LineReader {
+    fn spawn(cmd: &mut Command) -> LineReader {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the recipe");
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let mut stderr_pipe = child.stderr.take().expect("stderr pipe");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::<std::sync::Mutex<String>>::default();
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            *kept.lock().unwrap() = text;
+        });
+        LineReader {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// The next line that satisfies `pred`, within [`LINE_TIMEOUT`].
+    fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// What it printed so far, for failure messages.
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.seen.join("\n"),
+            self.stderr.lock().unwrap()
+        )
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

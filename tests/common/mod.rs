@@ -8,7 +8,8 @@
 //!
 //! By concern: [`tokens`], [`redis`] (the server and a RESP client),
 //! [`gateway`] (the binary and its CLI), [`client`] (WebSocket), [`http`],
-//! [`dev_secret`], [`socketio`] (the real socket.io-client), [`sse`]; generic helpers
+//! [`dev_secret`], [`socketio`] (the real socket.io-client), [`sse`], [`readme`] (its
+//! marked blocks); generic helpers
 //! (bounded waits, temporary directories, free ports) are here. Every item is
 //! re-exported, so tests `use common::*`.
 #![allow(dead_code)]
@@ -66,6 +67,9 @@ pub use socketio::*;
 mod sse;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use sse::*;
+mod readme;
+#[allow(unused_imports)] // each test uses a part of the harness
+pub use readme::*;
 
 // ---------------------------------------------------------------------------
 // Generic helpers
