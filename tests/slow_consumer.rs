@@ -442,7 +442,7 @@ async fn a_socketio_slow_consumer_gets_4008_and_the_other_client_gets_everything
     let mut fast = SioClient::start().await;
     fast.connect(&SioConnect::to(gw.addr).token(&token("9", &[])));
     fast.expect_connect(WAIT_TIMEOUT).await;
-    let mut stalled = raw_socketio(&gw, "9").await;
+    let mut stalled = raw_socketio(gw.addr, &token("9", &[])).await;
     redis.wait_numsub("ws:user:9", 1).await;
     gw.wait_connections(2).await;
 
@@ -472,25 +472,4 @@ async fn a_socketio_slow_consumer_gets_4008_and_the_other_client_gets_everything
         !texts.iter().any(|t| t == "41"),
         "no 41: the client must reconnect"
     );
-}
-
-/// A Socket.IO connection spoken by hand: the open packet, CONNECT with the
-/// token, the CONNECT reply; then it reads only when the test asks.
-async fn raw_socketio(gw: &Gateway, user: &str) -> Client {
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gw.addr);
-    let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("the upgrade within 5 s")
-        .expect("the upgrade");
-    let mut client = Client {
-        ws,
-        response_headers: Vec::new(),
-    };
-    let open = client.next_text().await;
-    assert!(open.starts_with("0{"), "open packet: {open}");
-    let connect = serde_json::json!({ "token": token(user, &[]) });
-    client.send_text(&format!("40{connect}")).await;
-    let reply = client.next_text().await;
-    assert!(reply.starts_with("40{"), "CONNECT reply: {reply}");
-    client
 }

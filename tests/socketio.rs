@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -413,4 +413,45 @@ async fn auth_refresh_is_acked() {
     assert_eq!(ack[0]["error"], "invalid_token", "{ack:?}");
     let gone = sio.wait_ev(WAIT, "disconnect").await;
     assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+}
+
+/// SPEC §11: a ping the client does not answer within pingTimeout (20 s)
+/// closes the connection, even while the client keeps sending events (a
+/// stuck client whose event loop still emits, or a half-dead proxy path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_ping_closes_the_connection_whatever_else_the_client_sends() {
+    let redis = Redis::start();
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", "1")
+        .start()
+        .await;
+    let mut c = raw_socketio(gw.addr, &token("42", &[])).await;
+    let started = Instant::now();
+    let mut pings = 0;
+    // Events every 500 ms, pings never answered; bounded to 40 s.
+    let code = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "still open after 40 s ({pings} pings unanswered)"
+        );
+        assert!(
+            c.try_send_text(r#"42["noise",{}]"#).await,
+            "the send failed before a close"
+        );
+        match c.next_frame(Duration::from_millis(500)).await {
+            Some(Frame::Text(t)) if t == "2" => pings += 1,
+            Some(Frame::Text(t)) => panic!("unexpected frame {t:.200}"),
+            Some(Frame::Close(code)) => break code,
+            Some(Frame::End(e)) => panic!("the connection ended without a close: {e:?}"),
+            Some(_) | None => {}
+        }
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(code, Some(1001), "closed as a timeout");
+    assert!(
+        elapsed >= Duration::from_secs(20),
+        "closed after {elapsed:?}, before pingTimeout"
+    );
+    assert!(pings >= 1, "a ping came first");
 }

@@ -72,7 +72,11 @@ pub async fn text(
     commands: &mut Commands,
 ) -> Option<End> {
     match engineio::parse(text) {
-        Ok(Packet::Pong | Packet::Ignored | Packet::Connect(_)) => None,
+        Ok(Packet::Pong) => {
+            heartbeat.heard_from_client();
+            None
+        }
+        Ok(Packet::Ignored | Packet::Connect(_)) => None,
         // An Engine.IO v3-style client ping: answered.
         Ok(Packet::Ping) => (!send(ws, "3".into()).await).then_some(End::ClientGone),
         Ok(Packet::Close | Packet::Disconnect) => {

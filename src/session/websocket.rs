@@ -131,7 +131,11 @@ async fn session_loop(
             }
             () = wire.changed() => {}
             incoming = ws.next() => {
-                heartbeat.heard_from_client();
+                // Socket.IO's client is heard by its pongs only (SPEC §11:
+                // an unanswered ping closes it, whatever else it sends).
+                if matches!(dialect, Dialect::Plain) {
+                    heartbeat.heard_from_client();
+                }
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         // Boxed: their state would otherwise sit in every

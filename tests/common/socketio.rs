@@ -554,3 +554,25 @@ fn install_socketio(dir: &Path) {
         ),
     }
 }
+
+/// A Socket.IO connection spoken by hand: the open packet, CONNECT with the
+/// `token`, the CONNECT reply; then it reads and answers only when the
+/// test does.
+pub async fn raw_socketio(addr: SocketAddr, token: &str) -> Client {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", addr);
+    let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the upgrade within 5 s")
+        .expect("the upgrade");
+    let mut client = Client {
+        ws,
+        response_headers: Vec::new(),
+    };
+    let open = client.next_text().await;
+    assert!(open.starts_with("0{"), "open packet: {open}");
+    let connect = serde_json::json!({ "token": token });
+    client.send_text(&format!("40{connect}")).await;
+    let reply = client.next_text().await;
+    assert!(reply.starts_with("40{"), "CONNECT reply: {reply}");
+    client
+}
