@@ -401,6 +401,18 @@ impl Console {
     }
 
     /// The state badge's text (`connected`, `reconnecting · in 1.2 s …`).
+    /// Checks that `expression` keeps its value for `window` (a retry that
+    /// must not come: the silence is the assertion, bounded).
+    async fn expect_no_change(&mut self, expression: &str, window: Duration) {
+        let before = self.eval(expression).await;
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            let now = self.eval(expression).await;
+            assert_eq!(now, before, "{expression} changed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn state(&mut self) -> Value {
         self.eval("document.getElementById('state')?.textContent")
             .await
@@ -1188,4 +1200,69 @@ async fn readme_sse_snippet_as_printed() {
     );
     let errors = page.cdp.page_errors();
     assert!(errors.is_empty(), "page errors: {errors:?}");
+}
+
+/// A refused token over SSE and over Socket.IO, at 1024x768: the console
+/// shows the SPEC code (SSE: from its fetch() of the refused request, since
+/// `EventSource` does not tell; Socket.IO: the `44`), says why it stops,
+/// and does not retry by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_token_refusals_over_sse_and_socketio() {
+    let Some(binary) = chromium_or_skip("console_shows_token_refusals_over_sse_and_socketio")
+    else {
+        return;
+    };
+    let gw = gateway().start().await;
+    let expired = mint_claims(&json!({ "sub": "42", "exp": now_secs() - 600 }));
+    let code = "token_expired";
+    for transport in ["sse", "socketio"] {
+        let fragment = format!("token={expired}&admin={}", admin_token());
+        let mut console = Console::open_with(&binary, gw.port(), &fragment, (1024, 768)).await;
+        console.choose_transport(transport).await;
+        console.click("#connect").await;
+        let shown = console
+            .wait_for(
+                &format!("wsConsole.lastError?.code === {code:?} && !['connecting', 'connected', 'reconnecting'].includes(document.getElementById('state').dataset.state)"),
+                PAGE_TIMEOUT,
+            )
+            .await;
+        let state = console.state().await;
+        assert!(
+            shown,
+            "{transport}: no {code} shown; state {state}, log {}",
+            console.log_text().await
+        );
+        let help = console
+            .eval("document.getElementById('close-help').innerText")
+            .await;
+        let help = help.as_str().unwrap_or_default();
+        assert!(
+            help.contains(code) && help.contains("get a new token, then press Connect"),
+            "{transport}: the close help says why and what to do: {help:?}"
+        );
+        assert_fits(
+            &mut console,
+            &["#close-help", "#connect"],
+            &format!("{transport}, refused"),
+        )
+        .await;
+        let connects = console.eval("wsConsole.connects.length").await;
+        console
+            .expect_no_change("wsConsole.connects.length", Duration::from_secs(2))
+            .await;
+        assert_eq!(
+            connects,
+            json!(1),
+            "{transport}: one attempt, no retry loop"
+        );
+        // The refused requests themselves are logged by the browser; any
+        // other error is the page's.
+        let errors: Vec<String> = console
+            .cdp
+            .page_errors()
+            .into_iter()
+            .filter(|e| !e.contains("status of 401 (Unauthorized)"))
+            .collect();
+        assert!(errors.is_empty(), "{transport}: page errors: {errors:?}");
+    }
 }
