@@ -257,16 +257,11 @@ async fn a_resume_while_redis_is_unreachable_is_refused_for_a_retry() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
     let mut conn = redis.conn().await;
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let id = ulid::Ulid::new().to_string();
-        let m = json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}});
-        let ok = conn
-            .publish_canonical("42", m.to_string().as_bytes(), 100, FRAME_TIMEOUT)
-            .await;
-        assert_eq!(ok, Ok(true), "publish #{n}");
-        ids.push(id);
-    }
+    let published = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=2).await;
+    let ids: Vec<String> = published
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
 
     redis.pause();
     let opts = ConnectOpts::token(&token("42", &[])).query("since", &ids[0]);

@@ -17,6 +17,22 @@ fn args(event: &Value) -> Vec<Value> {
     event["args"].as_array().cloned().unwrap_or_default()
 }
 
+/// Waits for `messages`, in order, as `event` events with the data and the
+/// id, then checks that nothing more comes (no duplicate) within 500 ms.
+async fn expect_exactly(sio: &mut SioClient, event: &str, messages: &[Value]) {
+    for m in messages {
+        let e = sio.wait_event(WAIT, event).await;
+        assert_eq!(
+            args(&e),
+            vec![m["data"].clone(), m["id"].clone()],
+            "in order, once"
+        );
+    }
+    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
+        panic!("a duplicate or more after {} events: {v}", messages.len());
+    }
+}
+
 async fn publish(redis: &Redis, channel: &str, message: Value) {
     redis.publish(channel, message.to_string()).await;
 }
@@ -97,39 +113,15 @@ async fn a_dropped_transport_recovers_exactly_the_missed_events() {
     sio.expect_connect(WAIT).await;
     redis.wait_numsub("ws:user:42", 1).await;
     let mut conn = redis.conn().await;
-    let message = |n: u32| {
-        let id = ulid::Ulid::new().to_string();
-        (
-            id.clone(),
-            json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}}),
-        )
-    };
-    let (first, m) = message(0);
-    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-        .await
-        .unwrap();
-    let e = sio.wait_event(WAIT, "balance:updated").await;
-    assert_eq!(args(&e), vec![json!({"n": 0}), json!(first)]);
+    let first = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=0).await;
+    expect_exactly(&mut sio, "balance:updated", &first).await;
 
     sio.close_transport();
     sio.wait_ev(WAIT, "disconnect").await;
-    let mut missed = Vec::new();
-    for n in 1..=3 {
-        let (id, m) = message(n);
-        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-            .await
-            .unwrap();
-        missed.push(id);
-    }
+    let missed = conn.publish_numbered("42", "BALANCE_UPDATE", 1..=3).await;
     let back = sio.expect_connect(WAIT).await;
     assert_eq!(back["recovered"], true, "{back}");
-    for (n, id) in missed.iter().enumerate() {
-        let e = sio.wait_event(WAIT, "balance:updated").await;
-        assert_eq!(args(&e), vec![json!({"n": n + 1}), json!(id)], "in order");
-    }
-    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
-        panic!("a duplicate or more after the replay: {v}");
-    }
+    expect_exactly(&mut sio, "balance:updated", &missed).await;
 }
 
 /// What Socket.IO's own recovery cannot do: the instance the client was
@@ -153,38 +145,21 @@ async fn a_gateway_restart_recovers_exactly_the_missed_events() {
     sio.expect_connect(WAIT).await;
     redis.wait_numsub("ws:user:42", 1).await;
     let mut conn = redis.conn().await;
-    let seq = |n: u32| json!({"type": "GOAL_PROGRESS_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
-    let m = seq(0);
-    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-        .await
-        .unwrap();
-    sio.wait_event(WAIT, "goal:progress_updated").await;
+    let first = conn
+        .publish_numbered("42", "GOAL_PROGRESS_UPDATE", 0..=0)
+        .await;
+    expect_exactly(&mut sio, "goal:progress_updated", &first).await;
 
     drop(gw); // killed: no drain, no close frame
     sio.wait_ev(WAIT, "disconnect").await;
-    let mut missed = Vec::new();
-    for n in 1..=3 {
-        let m = seq(n);
-        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-            .await
-            .unwrap();
-        missed.push(m);
-    }
+    let missed = conn
+        .publish_numbered("42", "GOAL_PROGRESS_UPDATE", 1..=3)
+        .await;
     let _gw = start().await;
     // The client's reconnect attempts fail until the new instance is up.
     let back = sio.wait_ev(Duration::from_secs(20), "connect").await;
     assert_eq!(back["recovered"], true, "{back}");
-    for m in &missed {
-        let e = sio.wait_event(WAIT, "goal:progress_updated").await;
-        assert_eq!(
-            args(&e),
-            vec![m["data"].clone(), m["id"].clone()],
-            "in order"
-        );
-    }
-    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
-        panic!("a duplicate or more after the replay: {v}");
-    }
+    expect_exactly(&mut sio, "goal:progress_updated", &missed).await;
 }
 
 /// Socket.IO's own recovery cannot work when its adapter's Redis is
@@ -201,23 +176,12 @@ async fn a_reconnect_while_redis_is_unreachable_recovers_once_it_answers() {
     sio.expect_connect(WAIT).await;
     redis.wait_numsub("ws:user:42", 1).await;
     let mut conn = redis.conn().await;
-    let seq = |n: u32| json!({"type": "BALANCE_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
-    let m = seq(0);
-    conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-        .await
-        .unwrap();
-    sio.wait_event(WAIT, "balance:updated").await;
+    let first = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=0).await;
+    expect_exactly(&mut sio, "balance:updated", &first).await;
 
     sio.disconnect();
     sio.wait_ev(WAIT, "disconnect").await;
-    let mut missed = Vec::new();
-    for n in 1..=3 {
-        let m = seq(n);
-        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-            .await
-            .unwrap();
-        missed.push(m);
-    }
+    let missed = conn.publish_numbered("42", "BALANCE_UPDATE", 1..=3).await;
     redis.pause();
     sio.connect_again();
     // Bounded by the subscription wait and the command timeout (5 s each).
@@ -235,17 +199,7 @@ async fn a_reconnect_while_redis_is_unreachable_recovers_once_it_answers() {
     redis.resume();
     let back = sio.wait_ev(Duration::from_secs(40), "connect").await;
     assert_eq!(back["recovered"], true, "{back}");
-    for m in &missed {
-        let e = sio.wait_event(WAIT, "balance:updated").await;
-        assert_eq!(
-            args(&e),
-            vec![m["data"].clone(), m["id"].clone()],
-            "in order"
-        );
-    }
-    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
-        panic!("a duplicate or more after the replay: {v}");
-    }
+    expect_exactly(&mut sio, "balance:updated", &missed).await;
 }
 
 /// Socket.IO's Redis adapter loses what is published while its
@@ -267,14 +221,9 @@ async fn a_connected_client_gets_everything_through_a_redis_restart() {
     sio.connect(&SioConnect::to(gw.addr).token(&token("7", &[])));
     sio.expect_connect(WAIT).await;
     redis.wait_numsub("ws:user:7", 1).await;
-    let seq = |n: u32| json!({"type": "BALANCE_UPDATE", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
     let mut conn = redis.conn().await;
-    let before = seq(0);
-    conn.publish_canonical("7", before.to_string().as_bytes(), 100, WAIT)
-        .await
-        .unwrap();
-    let e = sio.wait_event(WAIT, "balance:updated").await;
-    assert_eq!(args(&e)[0], before["data"]);
+    let before = conn.publish_numbered("7", "BALANCE_UPDATE", 0..=0).await;
+    expect_exactly(&mut sio, "balance:updated", &before).await;
 
     drop(conn);
     redis.kill();
@@ -288,28 +237,15 @@ async fn a_connected_client_gets_everything_through_a_redis_restart() {
         .expect("restart redis");
     // At once, as a backend retrying its publishes would.
     let mut conn = redis.conn().await;
-    let mut after = Vec::new();
-    for n in 1..=10 {
-        let m = seq(n);
-        conn.publish_canonical("7", m.to_string().as_bytes(), 100, WAIT)
-            .await
-            .unwrap();
-        after.push(m);
-    }
-    for m in &after {
-        let e = sio
-            .wait_for(Duration::from_secs(30), |v| v["ev"] != "packet")
-            .await;
-        assert_eq!(e["ev"], "event", "the client stays connected: {e}");
-        assert_eq!(
-            args(&e),
-            vec![m["data"].clone(), m["id"].clone()],
-            "in order, once"
-        );
-    }
-    if let Some(v) = sio.next_event(Duration::from_millis(500)).await {
-        panic!("a duplicate or more: {v}");
-    }
+    let after = conn.publish_numbered("7", "BALANCE_UPDATE", 1..=10).await;
+    // The first may wait for the gateway's reconnect; nothing else comes first.
+    let e = sio.wait_for(Duration::from_secs(30), |_| true).await;
+    assert_eq!(e["ev"], "event", "the client stays connected: {e}");
+    assert_eq!(
+        args(&e),
+        vec![after[0]["data"].clone(), after[0]["id"].clone()]
+    );
+    expect_exactly(&mut sio, "balance:updated", &after[1..]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -65,18 +65,8 @@ async fn last_event_id_resumes_exactly_the_missed_messages() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
     let mut conn = redis.conn().await;
-    let message =
-        |n: u32| json!({"type": "SEQ", "id": ulid::Ulid::new().to_string(), "data": {"n": n}});
-    let first = message(0);
-    conn.publish_canonical("42", first.to_string().as_bytes(), 100, WAIT)
-        .await
-        .unwrap();
-    let missed: Vec<Value> = (1..=3).map(message).collect();
-    for m in &missed {
-        conn.publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-            .await
-            .unwrap();
-    }
+    let first = conn.publish_numbered("42", "SEQ", 0..=0).await.remove(0);
+    let missed = conn.publish_numbered("42", "SEQ", 1..=3).await;
     let target = format!("/sse?token={}", token("42", &[]));
     let last = first["id"].as_str().unwrap();
     let mut sse = Sse::open(gw.addr, &target, &[("Last-Event-ID", last)]).await;
@@ -235,16 +225,11 @@ async fn a_resume_while_redis_is_unreachable_asks_for_a_retry() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
     let mut conn = redis.conn().await;
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let id = ulid::Ulid::new().to_string();
-        let m = json!({"type": "BALANCE_UPDATE", "id": id, "data": {"n": n}});
-        let ok = conn
-            .publish_canonical("42", m.to_string().as_bytes(), 100, WAIT)
-            .await;
-        assert_eq!(ok, Ok(true), "publish #{n}");
-        ids.push(id);
-    }
+    let published = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=2).await;
+    let ids: Vec<String> = published
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     let target = format!("/sse?token={}", token("42", &[]));
 
     redis.pause();

@@ -342,6 +342,28 @@ impl RespConn {
         pipeline.all().await.expect("pipelined PUBLISHes")
     }
 
+    /// Publishes `{"type": ty, "id": <a new ULID>, "data": {"n": n}}` for
+    /// each `n`, through the canonical path (history 100, each within
+    /// [`WAIT_TIMEOUT`]), and returns the messages; panics on a failure.
+    pub async fn publish_numbered(
+        &mut self,
+        user: &str,
+        ty: &str,
+        ns: std::ops::RangeInclusive<u32>,
+    ) -> Vec<Value> {
+        let mut messages = Vec::new();
+        for n in ns {
+            let id = ulid::Ulid::new().to_string();
+            let m = serde_json::json!({"type": ty, "id": id, "data": {"n": n}});
+            let published = self
+                .publish_canonical(user, m.to_string().as_bytes(), 100, WAIT_TIMEOUT)
+                .await;
+            assert_eq!(published, Ok(true), "publish {m}");
+            messages.push(m);
+        }
+        messages
+    }
+
     /// The canonical publish path (SPEC §3) in one MULTI/EXEC: RPUSH to
     /// `notifications:{user}`, LTRIM to `history_size`, EXPIRE, PUBLISH on
     /// `ws:user:{user}`.
