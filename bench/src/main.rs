@@ -50,6 +50,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Drive a scenario against a gateway (and optionally the raw baseline).
+    /// An option given twice takes its last value (scripts/bench.sh's
+    /// BENCH_ARGS override a scenario's).
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
     /// The raw-TCP fan-out baseline server (started by `run --baseline`).
     RawServer(RawServerArgs),
