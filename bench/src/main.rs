@@ -1,7 +1,8 @@
 //! `ws-gateway-bench`: the load-test tool (not a timed test).
 //!
-//! It opens N WebSocket connections for U users at a controlled ramp, from
-//! several 127.0.0.x source addresses, publishes at R messages/s for D
+//! It opens N connections for U users at a controlled ramp, from several
+//! 127.0.0.x source addresses, over one of the gateway's transports (`/ws`,
+//! `/socket.io/` or `/sse`, `--transport`), publishes at R messages/s for D
 //! seconds through Redis (broadcast, or round-robin over the users' own
 //! channels) with the send time in each payload, and reports expected vs
 //! received deliveries, latency percentiles, and the resource use of the
@@ -9,7 +10,10 @@
 //! CPU-second. With `--baseline` it first runs the same traffic against a
 //! raw-TCP fan-out server (the physical limit of the machine) and reports
 //! the gateway as a ratio to it, since absolute figures drift on shared
-//! machines. Every phase is bounded in time.
+//! machines. With `--spawn-peer` the process under test is the Socket.IO 4
+//! peer of `benches/peers/socketio/` (seed 000's stack) instead of the
+//! gateway, driven by the same clients and the same publishes. Every phase
+//! is bounded in time.
 //!
 //! See BENCHMARKS.md for the scenarios and commands.
 
@@ -17,17 +21,21 @@ mod client;
 mod pacing;
 mod procstat;
 mod raw;
+mod sse;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::Transport;
 use fred::prelude::*;
 use serde::Serialize;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +50,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Drive a scenario against a gateway (and optionally the raw baseline).
-    Run(RunArgs),
+    /// An option given twice takes its last value (scripts/bench.sh's
+    /// BENCH_ARGS override a scenario's).
+    #[command(args_override_self = true)]
+    Run(Box<RunArgs>),
     /// The raw-TCP fan-out baseline server (started by `run --baseline`).
     RawServer(RawServerArgs),
 }
@@ -51,21 +62,41 @@ enum Cmd {
 struct RunArgs {
     /// Start this gateway binary for the run (listen on a free port, auth
     /// secret and limits set for load); else use --url and --pid.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spawn_peer")]
     spawn: Option<String>,
-    /// WebSocket URL of a running gateway.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    /// Start the Socket.IO peer instead of a gateway: `node <this script>`
+    /// (benches/peers/socketio/server.mjs, its packages installed with
+    /// `npm ci`); implies --transport socketio.
+    #[arg(long)]
+    spawn_peer: Option<String>,
+    /// The node binary for --spawn-peer (its pid is the one measured).
+    #[arg(long, default_value = "node")]
+    node: String,
+    /// The endpoint the clients use: ws (`/ws`), socketio (`/socket.io/`,
+    /// Engine.IO 4 over WebSocket) or sse (`/sse`). Default: ws, or
+    /// socketio with --spawn-peer.
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
+    /// URL of the endpoint of a running server (ws://IP:PORT/ws,
+    /// ws://IP:PORT/socket.io/?EIO=4&transport=websocket, http://IP:PORT/sse);
+    /// default: that of --transport on 127.0.0.1:8080.
+    #[arg(long)]
+    url: Option<String>,
     /// PID of the running gateway, for RSS and CPU.
     #[arg(long)]
     pid: Option<u32>,
+    /// Heartbeat interval of a spawned gateway or peer, in seconds
+    /// (`connection.ping_interval_secs`, Engine.IO's pingInterval);
+    /// default: theirs (25 s).
+    #[arg(long)]
+    ping_interval: Option<u64>,
     /// HMAC secret to mint tokens with (the gateway's auth.secret).
     #[arg(long, default_value = "bench-secret")]
     secret: String,
     /// Redis the gateway uses; the tool publishes there.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
-    /// WebSocket connections to open.
+    /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Distinct users (connection i belongs to user i % users); default: one per connection.
@@ -157,7 +188,7 @@ fn main() {
             })
             .await
             .map(|()| None),
-            Cmd::Run(args) => tokio::time::timeout(MAX_RUN, run(args))
+            Cmd::Run(args) => tokio::time::timeout(MAX_RUN, run(*args))
                 .await
                 .unwrap_or_else(|_| Err("the run exceeded its time bound".into()))
                 .map(Some),
@@ -187,6 +218,9 @@ struct Measured {
     idle_kib_per_connection: f64,
     peak_rss_kib: u64,
     peak_kib_per_connection: f64,
+    /// Server heartbeats the clients saw (and answered, where the protocol
+    /// asks): never counted as deliveries.
+    pings: u64,
     /// RSS (KiB) every --rss-every while publishing, first at the start.
     rss_samples_kib: Vec<u64>,
     published: u64,
@@ -198,6 +232,8 @@ struct Measured {
     server_cpu_secs: f64,
     deliveries_per_server_cpu_sec: f64,
     loadgen_cpu_secs: f64,
+    /// Deliveries whose `ts` was read (every one, for the tool's payload).
+    latency_samples: u64,
     latency_ms: Latency,
 }
 
@@ -213,12 +249,17 @@ struct Latency {
 #[derive(Serialize)]
 struct Report<'a> {
     label: &'a str,
+    /// What was measured: "ws-gateway", "socketio-peer", or "external".
+    server: &'a str,
+    transport: Transport,
     publish: Publish,
     connections: usize,
     users: usize,
     rate: u32,
     duration_secs: f64,
     payload: usize,
+    /// The process under test (named so for every server, so that the
+    /// JSON lines of every run read alike).
     gateway: Measured,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<Measured>,
@@ -235,38 +276,75 @@ struct Report<'a> {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let users = args.users.unwrap_or(args.connections).max(1);
+    let transport = match (args.transport, &args.spawn_peer) {
+        (Some(t), Some(_)) if t != Transport::SocketIo => {
+            return Err("the Socket.IO peer (--spawn-peer) speaks --transport socketio only".into())
+        }
+        (Some(t), _) => t,
+        (None, Some(_)) => Transport::SocketIo,
+        (None, None) => Transport::Ws,
+    };
     let raw = if args.baseline {
         if args.publish != Publish::Broadcast {
             return Err("--baseline compares broadcast fan-out; use --publish broadcast".into());
         }
+        // The raw server speaks /ws's framing, whatever the transport
+        // measured after it.
         let server = Spawned::raw_server(&args)?;
-        let url = format!("ws://{}/ws", server.addr);
-        let measured = scenario(&args, users, &url, server.addr, &server.pid, Source::Raw).await;
+        let url = Transport::Ws.url(server.addr);
+        let target = Target {
+            name: "raw",
+            transport: Transport::Ws,
+            url: &url,
+            addr: server.addr,
+            pid: &server.pid,
+        };
+        let measured = scenario(&args, users, &target, Source::Raw).await;
         drop(server);
         Some(measured?)
     } else {
         None
     };
 
-    let (gateway, url, pid) = match &args.spawn {
-        Some(bin) => {
+    let (spawned, name, url, pid) = match (&args.spawn, &args.spawn_peer) {
+        (Some(bin), _) => {
             let g = Spawned::gateway(bin, &args)?;
-            let url = format!("ws://{}/ws", g.addr);
-            let pid = g.pid.clone();
-            (Some(g), url, pid)
+            let (url, pid) = (transport.url(g.addr), g.pid.clone());
+            (Some(g), "ws-gateway", url, pid)
         }
-        None => (
+        (None, Some(script)) => {
+            let p = Spawned::peer(script, &args)?;
+            let (url, pid) = (transport.url(p.addr), p.pid.clone());
+            (Some(p), "socketio-peer", url, pid)
+        }
+        (None, None) => (
             None,
-            args.url.clone(),
+            "external",
+            args.url
+                .clone()
+                .unwrap_or_else(|| transport.url(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))),
             args.pid.map_or("".to_string(), |p| p.to_string()),
         ),
     };
     if pid.is_empty() {
-        return Err("give --pid of the gateway (or --spawn) so its RSS and CPU can be read".into());
+        return Err(
+            "give --pid of the server (or --spawn / --spawn-peer) so its RSS and CPU can be read"
+                .into(),
+        );
     }
-    let addr = target_addr(&url)?;
-    let measured = scenario(&args, users, &url, addr, &pid, Source::Redis).await?;
-    drop(gateway);
+    let target = Target {
+        name: if name == "socketio-peer" {
+            "peer"
+        } else {
+            "gateway"
+        },
+        transport,
+        url: &url,
+        addr: target_addr(&url)?,
+        pid: &pid,
+    };
+    let measured = scenario(&args, users, &target, Source::Redis).await?;
+    drop(spawned);
 
     let efficiency = raw.as_ref().map(|r| {
         ratio(
@@ -279,6 +357,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .map(|r| 1000.0 * args.connections as f64 / r.deliveries_per_server_cpu_sec.max(1.0));
     let report = Report {
         label: &args.label,
+        server: name,
+        transport,
         publish: args.publish,
         connections: args.connections,
         users,
@@ -307,6 +387,16 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The server one scenario drives, and how.
+struct Target<'a> {
+    /// "raw", "gateway" or "peer", in the output.
+    name: &'static str,
+    transport: Transport,
+    url: &'a str,
+    addr: SocketAddr,
+    pid: &'a str,
+}
+
 /// Where the messages come from.
 #[derive(Clone, Copy, PartialEq)]
 enum Source {
@@ -319,19 +409,13 @@ enum Source {
 async fn scenario(
     args: &RunArgs,
     users: usize,
-    url: &str,
-    addr: SocketAddr,
-    pid: &str,
+    server: &Target<'_>,
     source: Source,
 ) -> Result<Measured, String> {
-    let target = if source == Source::Raw {
-        "raw"
-    } else {
-        "gateway"
-    };
+    let (target, pid, addr, transport) = (server.name, server.pid, server.addr, server.transport);
     eprintln!(
-        "[{target}] opening {} connections to {url}",
-        args.connections
+        "[{target}] opening {} {transport:?} connections to {}",
+        args.connections, server.url
     );
     let stats = client::Stats::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -341,7 +425,7 @@ async fn scenario(
     let ramp_started = Instant::now();
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(1024);
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let tokens = mint_tokens(&args.secret, users, source)?;
+    let tokens = Arc::new(mint_tokens(&args.secret, users, source)?);
     let ramp_interval = (args.ramp > 0).then(|| Duration::from_secs(1) / args.ramp);
     for i in 0..args.connections {
         if let Some(every) = ramp_interval {
@@ -352,22 +436,39 @@ async fn scenario(
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        let url = match &tokens[..] {
-            [] => url.to_string(),
-            t => format!("{url}?token={}", t[i % users]),
+        let token = tokens.get(i % users).map_or("", String::as_str);
+        // Socket.IO sends its token in the CONNECT packet, as seed 000's
+        // clients do; the others in the URL.
+        let url = match (transport, token) {
+            (Transport::SocketIo, _) | (_, "") => server.url.to_string(),
+            _ => with_query(server.url, "token", token),
         };
         let source_ip = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(args.sources.max(1))) as u8);
         let (stats, stop, done) = (stats.clone(), stop_rx.clone(), done_tx.clone());
+        let tokens = tokens.clone();
         tokio::spawn(async move {
-            let connected = client::connect(addr, &url, source_ip).await;
-            drop(permit);
-            match connected {
-                Ok(ws) => {
-                    let _ = done.send(Ok(())).await;
-                    client::read(ws, i, stats, stop).await;
+            match transport {
+                Transport::Ws => {
+                    let connected = client::connect(addr, &url, source_ip);
+                    connect_then_read(connected, permit, done, |ws| {
+                        client::read::<client::Plain>(ws, i, stats, stop)
+                    })
+                    .await
                 }
-                Err(e) => {
-                    let _ = done.send(Err(e)).await;
+                Transport::SocketIo => {
+                    let token = tokens.get(i % users).map_or("", String::as_str);
+                    let connected = client::connect_socketio(addr, &url, token, source_ip);
+                    connect_then_read(connected, permit, done, |ws| {
+                        client::read::<client::SocketIo>(ws, i, stats, stop)
+                    })
+                    .await
+                }
+                Transport::Sse => {
+                    let connected = client::connect_sse(addr, &url, source_ip);
+                    connect_then_read(connected, permit, done, |sse| {
+                        client::read_sse(sse, i, stats, stop)
+                    })
+                    .await
                 }
             }
         });
@@ -463,6 +564,7 @@ async fn scenario(
         idle_kib_per_connection: per_conn(idle.rss_kib),
         peak_rss_kib: peak_rss,
         peak_kib_per_connection: per_conn(peak_rss),
+        pings: stats.pings.load(Relaxed),
         rss_samples_kib: samples.lock().map(|v| v.clone()).unwrap_or_default(),
         published,
         expected,
@@ -477,6 +579,7 @@ async fn scenario(
             0.0
         },
         loadgen_cpu_secs: own_after.cpu.saturating_sub(own_before.cpu).as_secs_f64(),
+        latency_samples: latency.len(),
         latency_ms: Latency {
             p50: ms(0.5),
             p90: ms(0.9),
@@ -485,6 +588,35 @@ async fn scenario(
             max: latency.max() as f64 / 1000.0,
         },
     })
+}
+
+/// Awaits one client's `connected`, frees its handshake permit, reports the
+/// outcome on `done`, then (connected) runs `read` to its end.
+async fn connect_then_read<C, R>(
+    connected: impl Future<Output = Result<C, String>>,
+    permit: OwnedSemaphorePermit,
+    done: mpsc::Sender<Result<(), String>>,
+    read: impl FnOnce(C) -> R,
+) where
+    R: Future<Output = ()>,
+{
+    let connected = connected.await;
+    drop(permit);
+    match connected {
+        Ok(client) => {
+            let _ = done.send(Ok(())).await;
+            read(client).await;
+        }
+        Err(e) => {
+            let _ = done.send(Err(e)).await;
+        }
+    }
+}
+
+/// `url` with `name=value` added to its query (a JWT needs no escaping).
+fn with_query(url: &str, name: &str, value: &str) -> String {
+    let join = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{join}{name}={value}")
 }
 
 fn sample(pid: &str) -> Result<procstat::Sample, String> {
@@ -559,14 +691,24 @@ async fn publish(
     Ok((published, expected))
 }
 
+/// The loopback address of `ws://IP:PORT/…` or `http://IP:PORT/…`: the
+/// load stays on this machine.
 fn target_addr(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or("--url must start with ws://")?;
-    let host_port = rest.split('/').next().unwrap_or(rest);
-    host_port
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("--url must start with ws:// (ws, socketio) or http:// (sse)")?;
+    let host_port = rest.split(['/', '?']).next().unwrap_or(rest);
+    let addr: SocketAddr = host_port
         .parse()
-        .map_err(|_| format!("--url needs an IP:port, got {host_port}"))
+        .map_err(|_| format!("--url needs an IP:port, got {host_port}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "--url must be on loopback (127.0.0.0/8), got {}",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
 }
 
 /// A child process killed on drop.
@@ -652,15 +794,48 @@ impl Spawned {
         .env("GATEWAY_CONNECTION_MAX_CONNECTIONS_PER_USER", "100000")
         .env("RUST_LOG", "warn,ws_gateway::server=info")
         .current_dir(std::env::temp_dir());
+        if let Some(secs) = args.ping_interval {
+            cmd.env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", secs.to_string());
+        }
         Self::start(cmd, "ws-gateway")
+    }
+
+    /// The Socket.IO peer: `node <script>` itself (not npm, so that the
+    /// pid measured is node's), on a free port, with the gateway's secret.
+    /// It prints `addr=` as the gateway does.
+    fn peer(script: &str, args: &RunArgs) -> Result<Self, String> {
+        let script =
+            std::fs::canonicalize(script).map_err(|e| format!("--spawn-peer {script}: {e}"))?;
+        let dir = script.parent().unwrap_or(Path::new("/"));
+        if !dir.join("node_modules").is_dir() {
+            return Err(format!(
+                "{} has no node_modules: run `npm ci` there (scripts/bench.sh does)",
+                dir.display()
+            ));
+        }
+        let mut cmd = Command::new(&args.node);
+        cmd.arg(&script)
+            .args(["--listen", "127.0.0.1:0", "--redis-url", &args.redis])
+            .env("GATEWAY_AUTH_SECRET", &args.secret)
+            .env("NODE_ENV", "production")
+            .current_dir(dir);
+        if let Some(secs) = args.ping_interval {
+            cmd.env("GATEWAY_CONNECTION_PING_INTERVAL_SECS", secs.to_string());
+        }
+        Self::start(cmd, "the Socket.IO peer")
     }
 }
 
 fn print_summary(r: &Report) {
     let label = if r.label.is_empty() { "run" } else { r.label };
+    let transport = match r.transport {
+        Transport::Ws => "/ws",
+        Transport::SocketIo => "/socket.io/",
+        Transport::Sse => "/sse",
+    };
     eprintln!(
-        "\n== {label}: {} connections, {} users, {:?} at {}/s for {:.0}s, {} B payload",
-        r.connections, r.users, r.publish, r.rate, r.duration_secs, r.payload
+        "\n== {label}: {} {transport}, {} connections, {} users, {:?} at {}/s for {:.0}s, {} B payload",
+        r.server, r.connections, r.users, r.publish, r.rate, r.duration_secs, r.payload
     );
     for m in [Some(&r.gateway), r.raw.as_ref()].into_iter().flatten() {
         eprintln!(
@@ -673,28 +848,65 @@ fn print_summary(r: &Report) {
             m.peak_kib_per_connection
         );
         eprintln!(
-            "{:>8}  delivered {}/{} (lost {}, closed early {}) | {:.0} deliveries/s | {:.0} per server CPU-s ({:.2} s CPU) | loadgen {:.2} s CPU",
+            "{:>8}  delivered {}/{} (lost {}, closed early {}, {} pings) | {:.0} deliveries/s | {:.0} per server CPU-s ({:.2} s CPU) | loadgen {:.2} s CPU",
             "",
             m.received,
             m.expected,
             m.lost,
             m.closed_early,
+            m.pings,
             m.deliveries_per_sec,
             m.deliveries_per_server_cpu_sec,
             m.server_cpu_secs,
             m.loadgen_cpu_secs
         );
         eprintln!(
-            "{:>8}  latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            "{:>8}  latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ({} samples)",
             "",
             m.latency_ms.p50,
             m.latency_ms.p90,
             m.latency_ms.p99,
             m.latency_ms.p999,
-            m.latency_ms.max
+            m.latency_ms.max,
+            m.latency_samples
         );
     }
     if let (Some(e), Some(f), Some(p)) = (r.efficiency_vs_raw, r.raw_floor_ms, r.p99_vs_floor) {
         eprintln!("   ratio: {e:.2}x raw deliveries per CPU-second; raw floor {f:.1} ms, gateway p99 = {p:.2}x floor");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_join_the_query() {
+        assert_eq!(
+            with_query("ws://127.0.0.1:1/ws", "token", "a.b.c"),
+            "ws://127.0.0.1:1/ws?token=a.b.c"
+        );
+        assert_eq!(
+            with_query("http://127.0.0.1:1/sse?rooms=r", "token", "t"),
+            "http://127.0.0.1:1/sse?rooms=r&token=t"
+        );
+    }
+
+    #[test]
+    fn targets_stay_on_loopback() {
+        assert_eq!(
+            target_addr("ws://127.0.0.1:8080/ws"),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            target_addr("ws://127.0.0.2:9/socket.io/?EIO=4&transport=websocket"),
+            Ok("127.0.0.2:9".parse().unwrap())
+        );
+        assert_eq!(
+            target_addr("http://127.0.0.1:7/sse"),
+            Ok("127.0.0.1:7".parse().unwrap())
+        );
+        assert!(target_addr("ws://10.0.0.1:8080/ws").is_err());
+        assert!(target_addr("https://127.0.0.1:8080/sse").is_err());
     }
 }
