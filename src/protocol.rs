@@ -156,9 +156,10 @@ pub fn validate_published(payload: Bytes) -> Result<Published, Invalid> {
 }
 
 /// An SSE event (SPEC §12): `id:` when there is one, `event:`, one
-/// `data:` line per line of `data`, and the blank line that ends it.
+/// `data:` line per line of `data`, and the blank line that ends it; as one
+/// chunk of the stream's chunked body (see [`http_chunk`]).
 pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + event.len() + 64);
+    let mut out = Vec::with_capacity(data.len() + event.len() + 64);
     // A field's value ends at a line break: none may be inside one.
     let one_line = |s: &str| s.replace(['\r', '\n'], " ");
     if let Some(id) = id {
@@ -171,8 +172,23 @@ pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
+    http_chunk(&out)
+}
+
+/// `body` as one chunk of an HTTP/1.1 chunked body: the SSE stream is
+/// chunked (SPEC §12), so every write to it is a chunk. An empty `body`
+/// would end the body: see [`LAST_CHUNK`].
+pub fn http_chunk(body: &[u8]) -> Bytes {
+    let size = format!("{:x}\r\n", body.len());
+    let mut out = BytesMut::with_capacity(size.len() + body.len() + 2);
+    out.put_slice(size.as_bytes());
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
     out.freeze()
 }
+
+/// The end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// `payload` as an unmasked server text frame (RFC 6455 §5.2).
 pub fn text_frame(payload: &[u8]) -> Bytes {

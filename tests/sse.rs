@@ -27,6 +27,11 @@ async fn messages_stream_as_events_after_connected() {
     );
     assert!(sse.head.contains("cache-control: no-cache"), "{}", sse.head);
     assert!(sse.head.contains("x-accel-buffering: no"), "{}", sse.head);
+    assert!(
+        sse.head.contains("transfer-encoding: chunked"),
+        "HTTP/1.1 chunked (SPEC §12): {}",
+        sse.head
+    );
     let hello = sse.next_event().await;
     assert_eq!(hello.event.as_deref(), Some("CONNECTED"));
     assert_eq!(hello.json()["type"], "CONNECTED");
@@ -153,6 +158,10 @@ async fn the_stream_ends_at_exp_plus_leeway() {
         }
     }
     assert!(ended, "the stream did not end");
+    assert!(
+        sse.last_chunk,
+        "the stream was cut, not ended with its last chunk"
+    );
     let ok = wait_until(WAIT, || async { gw.stats().await["connections"] == 0 }).await;
     assert!(ok, "the connection is gone: {}", gw.stats().await);
 }
@@ -175,6 +184,10 @@ async fn a_drain_ends_the_stream() {
         }
     }
     assert!(ended, "the stream did not end on SIGTERM");
+    assert!(
+        sse.last_chunk,
+        "the stream was cut, not ended with its last chunk"
+    );
 }
 
 /// A browser asks for `/sse` on the connection that loaded its page: that
@@ -253,6 +266,10 @@ async fn a_resume_while_redis_is_unreachable_asks_for_a_retry() {
         sse.next().await,
         None,
         "the stream ends, so the client comes back"
+    );
+    assert!(
+        sse.last_chunk,
+        "the stream was cut, not ended with its last chunk"
     );
 
     redis.resume();

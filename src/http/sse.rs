@@ -101,6 +101,23 @@ pub async fn serve<S>(
         }
     };
     drop(http_slot);
+    // The request head (the client's headers) is read here and not kept:
+    // a stream lives for hours, and only what it needs stays with it.
+    let Some(request) = stream_request(&app, &mut stream, req, ip).await else {
+        return;
+    };
+    let _admitted = admitted;
+    session::sse::run(stream, request, app.sessions.clone(), ip).await;
+}
+
+/// What the session needs from the request, once its token is checked;
+/// `None` after answering a refusal.
+async fn stream_request(
+    app: &App,
+    stream: &mut TcpStream,
+    req: Request<()>,
+    ip: std::net::IpAddr,
+) -> Option<session::sse::Request> {
     let query = req.uri().query();
     let token = query_param(query, "token")
         .filter(|t| !t.is_empty())
@@ -113,15 +130,15 @@ pub async fn serve<S>(
         Ok(who) => who,
         Err(e) => {
             let response = upgrade::refuse(
-                &app,
+                app,
                 ip,
                 StatusCode::UNAUTHORIZED,
                 e.code(),
                 e.message(),
                 None,
             );
-            write_response(&mut stream, response).await;
-            return;
+            write_response(stream, response).await;
+            return None;
         }
     };
     let since = req
@@ -140,14 +157,12 @@ pub async fn serve<S>(
                 .collect()
         })
         .unwrap_or_default();
-    let request = session::sse::Request {
+    Some(session::sse::Request {
         who,
         since,
         rooms,
         cors_origin: cors_origin(req.headers()),
-    };
-    let _admitted = admitted;
-    session::sse::run(stream, request, app.sessions.clone(), ip).await;
+    })
 }
 
 /// An `Origin` that passed the origin check: echoed, so that a page on it

@@ -233,16 +233,20 @@ pub async fn run_socketio(
     let Some(auth) = socketio::connect_packet(&mut ws).await else {
         return;
     };
+    // Only these stay: the packet (and its token) is not kept for the
+    // connection's life.
     let field = |key: &str| {
         auth.get(key)
             .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
+            .map(str::to_string)
     };
-    let token = field("token")
-        .map(str::to_string)
-        .or(query_token)
-        .unwrap_or_default();
-    let who = match sessions.verifier.verify(&token) {
+    let (client_pid, offset) = (field("pid"), field("offset"));
+    let verified = sessions
+        .verifier
+        .verify(&field("token").or(query_token).unwrap_or_default());
+    drop(auth);
+    let who = match verified {
         Ok(who) => who,
         Err(e) => {
             sessions.refused(e.code(), None, ip);
@@ -262,10 +266,9 @@ pub async fn run_socketio(
         }
     };
     subscribed(&mut registration, &user).await;
-    let client_pid = field("pid");
     // The client's offset is the last event's; without one, its resume
     // point (SPEC §11).
-    let since = field("offset").or(client_pid);
+    let since = offset.as_deref().or(client_pid.as_deref());
     let Ok(replay) = sessions.replay_since(&who.user_id, since, &user, ip).await else {
         drop(registration);
         // No 44: the client reconnects by itself, with the same pid and offset.
@@ -276,9 +279,10 @@ pub async fn run_socketio(
     // `socket.recovered` is true exactly when the reply echoes the pid the
     // client sent: only when nothing was lost.
     let pid = match client_pid {
-        Some(pid) if recovered => pid.to_string(),
+        Some(pid) if recovered => pid,
         _ => fresh_pid,
     };
+    drop(offset);
     wire.set_offset(&pid);
     let connection_id = registration.id.to_string();
     let started = Instant::now();

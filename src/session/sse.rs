@@ -14,12 +14,15 @@ use crate::auth::Identity;
 use crate::hub::Refused;
 use crate::logsafe::Escaped;
 use crate::metrics::Transport;
-use crate::protocol::{self, sse_event};
+use crate::protocol::{self, http_chunk, sse_event, LAST_CHUNK};
 use crate::wire::{CloseReason, Encoding, Wire};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// The `: ping` comment, as a chunk (checked in the tests below).
+const PING: &[u8] = b"8\r\n: ping\n\n\r\n";
 
 /// How long the last bytes of a closing stream may take to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -103,30 +106,36 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
         // it for good).
         let mut response = stream_head(cors_origin.as_deref());
         let error = protocol::error(HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_MESSAGE);
-        response.extend_from_slice(format!("retry: {}\n", retry_ms()).as_bytes());
+        let retry = format!("retry: {}\n", retry_ms());
+        response.extend_from_slice(&http_chunk(retry.as_bytes()));
         response.extend_from_slice(&sse_event(None, "ERROR", error.as_bytes()));
+        response.extend_from_slice(LAST_CHUNK);
         refuse(&wire, &response).await;
         return;
     };
     let connection_id = access.registration.id.to_string();
     let started = Instant::now();
     opened(&user, &connection_id, ip, Transport::Sse, replay.as_ref());
-    let hello = protocol::connected(
-        &resume_point,
-        &connection_id,
-        &access.who.user_id,
-        &sessions.instance,
-        sessions.ping_interval.as_secs(),
-        replay.as_ref().map(|r| r.recovered),
-        replay.as_ref().map_or(0, |r| r.messages.len()),
-    );
-    let mut head = stream_head(cors_origin.as_deref());
-    head.extend_from_slice(&sse_event(
-        Some(&resume_point),
-        "CONNECTED",
-        hello.as_bytes(),
-    ));
-    wire.send_raw(&head);
+    {
+        // Scoped: nothing of the start stays in the stream's future.
+        let hello = protocol::connected(
+            &resume_point,
+            &connection_id,
+            &access.who.user_id,
+            &sessions.instance,
+            sessions.ping_interval.as_secs(),
+            replay.as_ref().map(|r| r.recovered),
+            replay.as_ref().map_or(0, |r| r.messages.len()),
+        );
+        let mut head = stream_head(cors_origin.as_deref());
+        head.extend_from_slice(&sse_event(
+            Some(&resume_point),
+            "CONNECTED",
+            hello.as_bytes(),
+        ));
+        wire.send_raw(&head);
+    }
+    drop((cors_origin, since, rooms, resume_point));
     replay_then_release(&wire, replay);
     let end = serve(&wire, &sessions, &access).await;
     drop(access);
@@ -134,12 +143,15 @@ pub async fn run(socket: TcpStream, request: Request, sessions: Arc<Sessions>, i
     wire.linger(Duration::from_secs(1)).await;
 }
 
-/// The response head: an endless event stream that no proxy may buffer or
-/// cache (SPEC §12).
+/// The response head: an endless, chunked event stream that no proxy may
+/// buffer or cache (SPEC §12). Chunked, not ended by the close, so that a
+/// client or proxy can tell a stream the gateway ended (the last chunk)
+/// from one that broke.
 fn stream_head(cors_origin: Option<&str>) -> Vec<u8> {
     let mut head = String::from(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
-         cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n",
+         cache-control: no-cache\r\nx-accel-buffering: no\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n",
     );
     if let Some(origin) = cors_origin {
         head.push_str(&format!(
@@ -175,7 +187,7 @@ async fn serve(wire: &Wire, cfg: &Sessions, access: &Access) -> End {
         match wire.closed() {
             Some(CloseReason::SlowConsumer) => return End::SlowConsumer,
             Some(CloseReason::Shutdown) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, wire.flush()).await;
+                end_stream(wire).await;
                 return End::Shutdown;
             }
             None => {}
@@ -192,18 +204,35 @@ async fn serve(wire: &Wire, cfg: &Sessions, access: &Access) -> End {
             () = &mut timer => {
                 match heartbeat.due(tokio::time::Instant::now()) {
                     Some(Beat::Expired) => {
-                        let _ = tokio::time::timeout(CLOSE_GRACE, wire.flush()).await;
+                        end_stream(wire).await;
                         return End::TokenExpired;
                     }
                     Some(Beat::Expiring(exp)) => {
                         let event = protocol::token_expiring(exp);
                         wire.send_raw(&sse_event(None, "TOKEN_EXPIRING", event.as_bytes()));
                     }
-                    Some(Beat::Ping) => wire.send_raw(b": ping\n\n"),
+                    Some(Beat::Ping) => wire.send_raw(PING),
                     Some(Beat::Idle) | None => {}
                 }
                 timer.as_mut().reset(heartbeat.next_deadline());
             }
         }
+    }
+}
+
+/// Ends the stream as the gateway means to: the last chunk after what is
+/// queued, given [`CLOSE_GRACE`] to leave.
+async fn end_stream(wire: &Wire) {
+    wire.send_raw(LAST_CHUNK);
+    let _ = tokio::time::timeout(CLOSE_GRACE, wire.flush()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ping_is_one_chunk() {
+        assert_eq!(PING, &http_chunk(b": ping\n\n")[..]);
     }
 }

@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(fa.as_ptr(), fb.as_ptr());
         assert_eq!(
             &fa[..],
-            b"id: m1\nevent: X\ndata: {\"type\":\"X\",\"id\":\"m1\",\"data\":1}\n\n"
+            b"37\r\nid: m1\nevent: X\ndata: {\"type\":\"X\",\"id\":\"m1\",\"data\":1}\n\n\r\n"
         );
     }
 }

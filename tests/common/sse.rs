@@ -11,7 +11,14 @@ pub const SSE_WAIT: Duration = Duration::from_secs(10);
 /// One SSE connection, read by hand.
 pub struct Sse {
     pub stream: TcpStream,
+    /// What was read and not yet taken: the body decoded, once the head
+    /// said it is chunked.
     buf: Vec<u8>,
+    /// Chunked body bytes not yet decoded (`Some` once the head said so).
+    chunked: Option<Vec<u8>>,
+    /// The body ended with its last chunk: the gateway ended the stream, it
+    /// did not break.
+    pub last_chunk: bool,
     pub status: u16,
     pub head: String,
     /// How long a read may wait.
@@ -60,6 +67,8 @@ impl Sse {
             status: 0,
             head: String::new(),
             wait,
+            chunked: None,
+            last_chunk: false,
         };
         let end = sse
             .read_until(|b| b.windows(4).position(|w| w == b"\r\n\r\n"))
@@ -68,7 +77,39 @@ impl Sse {
         let head: Vec<u8> = sse.buf.drain(..end + 4).collect();
         sse.head = String::from_utf8_lossy(&head).to_lowercase();
         sse.status = sse.head[9..12].parse().unwrap();
+        if sse.head.contains("\r\ntransfer-encoding: chunked\r\n") {
+            sse.chunked = Some(std::mem::take(&mut sse.buf));
+            sse.decode_chunks();
+        }
         sse
+    }
+
+    /// Moves every complete chunk from `chunked` to `buf`; panics on bad
+    /// framing.
+    fn decode_chunks(&mut self) {
+        let Some(raw) = self.chunked.as_mut() else {
+            return;
+        };
+        while !self.last_chunk {
+            let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size_line = String::from_utf8_lossy(&raw[..eol]).to_string();
+            let size = usize::from_str_radix(size_line.trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+            if raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            let body = eol + 2;
+            assert_eq!(
+                &raw[body + size..body + size + 2],
+                b"\r\n",
+                "a chunk ends with CRLF"
+            );
+            self.buf.extend_from_slice(&raw[body..body + size]);
+            raw.drain(..body + size + 2);
+            self.last_chunk = size == 0;
+        }
     }
 
     /// Reads until `found` finds something in the buffer (bounded); None
@@ -87,7 +128,13 @@ impl Sse {
             if n == 0 {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            match self.chunked.as_mut() {
+                Some(raw) => {
+                    raw.extend_from_slice(&chunk[..n]);
+                    self.decode_chunks();
+                }
+                None => self.buf.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 
