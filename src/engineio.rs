@@ -189,19 +189,26 @@ impl Events {
     /// `42["<event>",<payload>,"<offset>"]` for `published`: the offset is
     /// its id, or `fallback` (the connection's last offset) when it has none.
     pub fn packet(&self, published: &Published, fallback: &str) -> String {
+        let offset = published.id.as_deref().unwrap_or(fallback);
+        self.packet_head(published) + &offset_tail(offset)
+    }
+
+    /// The packet up to its offset, `42["<event>",<payload>,`: the part of
+    /// a message without an id that its recipients share.
+    pub fn packet_head(&self, published: &Published) -> String {
         let payload = match published.data() {
             Some(data) if !self.whole_message => data,
             _ => published.payload(),
         };
         // Valid UTF-8: validated when published.
         let payload = std::str::from_utf8(payload).unwrap_or("null");
-        let offset = published.id.as_deref().unwrap_or(fallback);
-        format!(
-            "42[{},{payload},{}]",
-            json_string(self.name(published.kind())),
-            json_string(offset)
-        )
+        format!("42[{},{payload},", json_string(self.name(published.kind())))
     }
+}
+
+/// The end of an event packet: the offset as a JSON string, and `]`.
+pub fn offset_tail(offset: &str) -> String {
+    json_string(offset) + "]"
 }
 
 #[cfg(test)]
@@ -213,6 +220,15 @@ mod tests {
 
     fn published(text: &str) -> Published {
         validate_published(Bytes::from(text.to_string())).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_its_head_and_its_offset_tail() {
+        let published = published(r#"{"type":"X","data":{"a":1}}"#);
+        let events = Events::new(std::iter::empty(), "data");
+        let whole = events.packet(&published, "o\"1");
+        assert_eq!(whole, r#"42["X",{"a":1},"o\"1"]"#);
+        assert_eq!(events.packet_head(&published) + &offset_tail("o\"1"), whole);
     }
 
     #[test]

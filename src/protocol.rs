@@ -99,7 +99,9 @@ impl Published {
         &self.kind
     }
 
-    /// The Socket.IO frame of this message, `build` making it once.
+    /// The Socket.IO frame of this message, `build` making it once (for a
+    /// message without an id, the packet up to its offset: the offset is
+    /// each connection's own).
     pub fn socketio_frame(&self, build: impl FnOnce(&Published) -> Bytes) -> &Bytes {
         self.socketio_frame.get_or_init(|| build(self))
     }
@@ -192,7 +194,12 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// `payload` as an unmasked server text frame (RFC 6455 §5.2).
 pub fn text_frame(payload: &[u8]) -> Bytes {
-    let len = payload.len();
+    text_frame_of(&[payload])
+}
+
+/// The text frame whose payload is `parts`, one after the other.
+pub fn text_frame_of(parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut frame = BytesMut::with_capacity(10 + len);
     frame.put_u8(0x81); // FIN + text
     match len {
@@ -206,7 +213,9 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
             frame.put_u64(len as u64);
         }
     }
-    frame.put_slice(payload);
+    for part in parts {
+        frame.put_slice(part);
+    }
     frame.freeze()
 }
 

@@ -220,6 +220,7 @@ pub async fn run_socketio(
     let encoding = Encoding::SocketIo {
         events: sessions.socketio_events.clone(),
         offset: fresh_pid.as_str().into(),
+        tail: None,
     };
     let wire = Wire::new(socket, sessions.send_queue, encoding, stats.clone());
     let mut ws = websocket::open(wire.clone(), early, sessions.max_message_bytes).await;

@@ -9,9 +9,9 @@
 
 use super::writev::{self, Out};
 use super::{CloseReason, Push};
-use crate::engineio::Events;
+use crate::engineio::{offset_tail, Events};
 use crate::metrics::Stats;
-use crate::protocol::{text_frame, Published};
+use crate::protocol::{text_frame, text_frame_of, Published};
 use crate::resume::{Admit, Gate};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -50,6 +50,9 @@ pub enum Encoding {
     SocketIo {
         events: Arc<Events>,
         offset: Arc<str>,
+        /// `offset` as the end of a packet, made when an event without an
+        /// id first needs it.
+        tail: Option<Bytes>,
     },
 }
 
@@ -64,25 +67,36 @@ impl Encoding {
     }
 
     pub(super) fn set_offset(&mut self, to: &str) {
-        if let Encoding::SocketIo { offset, .. } = self {
+        if let Encoding::SocketIo { offset, tail, .. } = self {
             *offset = to.into();
+            *tail = None;
         }
     }
 
-    /// `published`'s frame: shared by every recipient of this encoding,
-    /// except a Socket.IO event without an id (its offset is this
-    /// connection's).
+    /// `published`'s frame: shared by every recipient of this encoding.
+    /// A Socket.IO event without an id ends with this connection's offset:
+    /// its recipients share the packet up to it, and each adds its own end.
     fn frame(&mut self, published: &Published) -> Bytes {
         match self {
             Encoding::Plain => published.frame.clone(),
             Encoding::Sse => published.sse_frame().clone(),
-            Encoding::SocketIo { events, offset } => match &published.id {
+            Encoding::SocketIo {
+                events,
+                offset,
+                tail,
+            } => match &published.id {
                 Some(id) => {
                     *offset = id.clone();
+                    *tail = None;
                     let build = |p: &Published| text_frame(events.packet(p, "").as_bytes());
                     published.socketio_frame(build).clone()
                 }
-                None => text_frame(events.packet(published, offset).as_bytes()),
+                None => {
+                    let build = |p: &Published| Bytes::from(events.packet_head(p));
+                    let head = published.socketio_frame(build);
+                    let tail = tail.get_or_insert_with(|| Bytes::from(offset_tail(offset)));
+                    text_frame_of(&[head, tail])
+                }
             },
         }
     }
@@ -318,6 +332,11 @@ impl Outbox {
                 // The hot path: the shared frames, no copy, no allocation.
                 return self.send(socket, messages.iter().map(frame_of), stats);
             }
+            if let [message] = messages {
+                // One message, the common case: no Vec.
+                let frame = self.encoding.frame(message);
+                return self.send(socket, std::iter::once(Out::Message(&frame)), stats);
+            }
             let frames: Vec<Bytes> = messages.iter().map(|m| self.encoding.frame(m)).collect();
             return self.send(socket, frames.iter().map(Out::Message), stats);
         }
@@ -389,17 +408,21 @@ mod tests {
         let connection = |offset: &str| Encoding::SocketIo {
             events: events.clone(),
             offset: offset.into(),
+            tail: None,
         };
         let (mut a, mut b) = (connection("pa"), connection("pb"));
         let m = message(r#"{"type":"X","id":"m1","data":1}"#);
         let (fa, fb) = (a.frame(&m), b.frame(&m));
         assert_eq!(fa.as_ptr(), fb.as_ptr(), "shared, not copied");
         assert!(fa.ends_with(br#"42["X",1,"m1"]"#), "{fa:?}");
-        // Without an id, each connection's own frame with its last offset.
+        // Without an id, each connection ends the event with its last
+        // offset; the packet up to it is built once and shared.
         b.set_offset("pb2");
         let n = message(r#"{"type":"Y"}"#);
-        assert!(a.frame(&n).ends_with(br#","m1"]"#));
-        assert!(b.frame(&n).ends_with(br#","pb2"]"#));
+        assert!(a.frame(&n).ends_with(br#"42["Y",{"type":"Y"},"m1"]"#));
+        assert!(b.frame(&n).ends_with(br#"42["Y",{"type":"Y"},"pb2"]"#));
+        let head = n.socketio_frame(|_| panic!("built by the first recipient only"));
+        assert_eq!(&head[..], br#"42["Y",{"type":"Y"},"#);
         // SSE events are shared too.
         let (fa, fb) = (Encoding::Sse.frame(&m), Encoding::Sse.frame(&m));
         assert_eq!(fa.as_ptr(), fb.as_ptr());
