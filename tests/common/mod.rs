@@ -61,6 +61,9 @@ pub use http::*;
 mod dev_secret;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use dev_secret::*;
+mod node_driver;
+#[allow(unused_imports)] // each test uses a part of the harness
+pub use node_driver::*;
 mod socketio;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use socketio::*;
@@ -264,7 +267,7 @@ pub fn run_cli_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// Kills the child (if still owned) on drop.
-struct ChildGuard(Option<Child>);
+pub struct ChildGuard(pub Option<Child>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

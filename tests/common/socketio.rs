@@ -11,12 +11,6 @@
 
 use super::*;
 
-use std::collections::VecDeque;
-use std::io::Write;
-use std::process::{ChildStdin, ExitStatus};
-
-use tokio::sync::mpsc;
-
 /// The driver the tests spawn.
 pub const SIO_DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/driver.mjs");
 const SIO_INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/install.sh");
@@ -25,14 +19,6 @@ const SIO_INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/socketio/i
 const SIO_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// The ack timeout the driver is given (`socket.timeout(ms)`), in ms.
 pub const SIO_ACK_TIMEOUT_MS: u64 = 5000;
-/// Events read ahead and not yet taken, at most (the reader blocks past it).
-const SIO_CHANNEL: usize = 10_000;
-/// Events [`SioClient::wait_for`] skips at most before it gives up.
-const SIO_MAX_SKIPPED: usize = 10_000;
-/// The last events kept for failure messages.
-const SIO_SEEN_KEPT: usize = 200;
-/// Driver stderr lines kept for failure messages.
-const SIO_STDERR_KEPT: usize = 500;
 
 /// The options of one `connect`: what `io(url, opts)` takes, as JSON.
 ///
@@ -127,27 +113,24 @@ impl SioConnect {
 }
 
 /// One `socket.io-client` in a `node` process of its own, killed on drop.
+/// The generic driver calls (`next_event`, `wait_for`, `wait_ev`, …) are
+/// [`NodeDriver`]'s, through `Deref`.
 pub struct SioClient {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    events: mpsc::Receiver<Value>,
-    /// Events read ahead (while waiting for an ack or a reply) and not yet
-    /// taken by [`SioClient::next_event`].
-    pending: VecDeque<Value>,
-    seen: VecDeque<Value>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    tags: u64,
+    driver: NodeDriver,
     /// The client's version, as its package.json says.
     pub version: String,
 }
 
-impl Drop for SioClient {
-    fn drop(&mut self) {
-        self.stdin = None;
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl std::ops::Deref for SioClient {
+    type Target = NodeDriver;
+    fn deref(&self) -> &NodeDriver {
+        &self.driver
+    }
+}
+
+impl std::ops::DerefMut for SioClient {
+    fn deref_mut(&mut self) -> &mut NodeDriver {
+        &mut self.driver
     }
 }
 
@@ -158,89 +141,21 @@ impl SioClient {
         let mut cmd = Command::new("node");
         cmd.arg(SIO_DRIVER)
             .env("NODE_PATH", &modules)
-            .env_remove("DEBUG")
-            .env_remove("NODE_OPTIONS")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env_remove("DEBUG");
         if std::env::var_os("WS_GATEWAY_SIO_DEBUG").is_some() {
             cmd.env("DEBUG", "socket.io-client*,engine.io-client*");
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `node {SIO_DRIVER}`: {e}"));
-        let stdin = child.stdin.take().expect("driver stdin");
-        let stdout = child.stdout.take().expect("driver stdout");
-        let stderr_pipe = child.stderr.take().expect("driver stderr");
-
-        let (tx, events) = mpsc::channel(SIO_CHANNEL);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "ev": "stdout", "line": line }));
-                if tx.blocking_send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-        let kept = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr_pipe).split(b'\n') {
-                let Ok(line) = line else { break };
-                let mut kept = kept.lock().unwrap();
-                if kept.len() < SIO_STDERR_KEPT {
-                    kept.push(String::from_utf8_lossy(&line).into_owned());
-                }
-            }
-        });
-
-        let mut client = SioClient {
-            child: Some(child),
-            stdin: Some(stdin),
-            events,
-            pending: VecDeque::new(),
-            seen: VecDeque::new(),
-            stderr,
-            tags: 0,
-            version: String::new(),
-        };
-        let ready = client
+        let mut driver = NodeDriver::start(cmd, SIO_DRIVER);
+        let ready = driver
             .wait_for(SIO_START_TIMEOUT, |v| v["ev"] == "ready")
             .await;
-        client.version = ready["version"].as_str().unwrap_or_default().to_string();
-        client
-    }
-
-    /// Sends one command (a JSON object).
-    pub fn send(&mut self, cmd: &Value) {
-        let line = serde_json::to_string(cmd).expect("serialize a driver command");
-        self.send_raw(&line);
-    }
-
-    /// Sends one line as it is (for malformed commands).
-    pub fn send_raw(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the driver's stdin is closed");
-        let res = stdin
-            .write_all(line.as_bytes())
-            .and_then(|_| stdin.write_all(b"\n"))
-            .and_then(|_| stdin.flush());
-        if let Err(e) = res {
-            panic!(
-                "cannot write to the socket.io driver ({e}); {}",
-                self.describe()
-            );
-        }
+        let version = ready["version"].as_str().unwrap_or_default().to_string();
+        SioClient { driver, version }
     }
 
     /// `io(url, opts)`; returns at once (see [`SioClient::expect_connect`]).
     pub fn connect(&mut self, opts: &SioConnect) {
-        self.send(&opts.command());
+        self.driver.send(&opts.command());
     }
 
     /// Waits for `connect` and returns it (`{"ev":"connect","id","recovered","pid"}`);
@@ -252,7 +167,7 @@ impl SioClient {
             })
             .await;
         if v["ev"] != "connect" {
-            panic!("expected connect, got {v}; {}", self.describe());
+            panic!("expected connect, got {v}; {}", self.driver.describe());
         }
         v
     }
@@ -264,8 +179,8 @@ impl SioClient {
     /// has handed the packet to the client. Events that arrive meanwhile
     /// stay for [`SioClient::next_event`].
     pub async fn emit(&mut self, event: &str, args: Vec<Value>, ack: bool) -> Option<Vec<Value>> {
-        let tag = self.tag();
-        self.send(&serde_json::json!({
+        let tag = self.driver.tag();
+        self.driver.send(&serde_json::json!({
             "cmd": "emit",
             "event": event,
             "args": args,
@@ -274,11 +189,11 @@ impl SioClient {
             "timeout": SIO_ACK_TIMEOUT_MS,
         }));
         let bound = Duration::from_millis(SIO_ACK_TIMEOUT_MS) + FRAME_TIMEOUT;
-        let reply = self.reply(&tag, bound).await;
+        let reply = self.driver.reply(&tag, bound).await;
         match reply["ev"].as_str() {
             Some("ack") => Some(reply["args"].as_array().cloned().unwrap_or_default()),
             Some("ack_timeout") | Some("emitted") => None,
-            _ => panic!("emit {event:?} failed: {reply}; {}", self.describe()),
+            _ => panic!("emit {event:?} failed: {reply}; {}", self.driver.describe()),
         }
     }
 
@@ -288,7 +203,7 @@ impl SioClient {
         let args = self
             .emit("subscribe", vec![serde_json::json!({ "room": room })], true)
             .await
-            .unwrap_or_else(|| panic!("subscribe {room:?}: no ack; {}", self.describe()));
+            .unwrap_or_else(|| panic!("subscribe {room:?}: no ack; {}", self.driver.describe()));
         args.into_iter().next().unwrap_or(Value::Null)
     }
 
@@ -296,168 +211,40 @@ impl SioClient {
     /// "id","recovered","pid","offset"}` (`offset` is the client's
     /// `_lastOffset`, what its next CONNECT would carry).
     pub async fn state(&mut self) -> Value {
-        let tag = self.tag();
-        self.send(&serde_json::json!({ "cmd": "state", "tag": tag }));
-        let reply = self.reply(&tag, FRAME_TIMEOUT).await;
+        let tag = self.driver.tag();
+        self.driver
+            .send(&serde_json::json!({ "cmd": "state", "tag": tag }));
+        let reply = self.driver.reply(&tag, FRAME_TIMEOUT).await;
         if reply["ev"] != "state" {
-            panic!("state failed: {reply}; {}", self.describe());
+            panic!("state failed: {reply}; {}", self.driver.describe());
         }
         reply
     }
 
     /// `socket.disconnect()`: no reconnection follows.
     pub fn disconnect(&mut self) {
-        self.send(&serde_json::json!({ "cmd": "disconnect" }));
+        self.driver
+            .send(&serde_json::json!({ "cmd": "disconnect" }));
     }
 
     /// `socket.connect()` on the same socket (it keeps its pid and offset).
     pub fn connect_again(&mut self) {
-        self.send(&serde_json::json!({ "cmd": "connect_again" }));
+        self.driver
+            .send(&serde_json::json!({ "cmd": "connect_again" }));
     }
 
     /// Drops the WebSocket under the client without a close frame (a network
     /// drop): the client reconnects by itself, with recovery.
     pub fn close_transport(&mut self) {
-        self.send(&serde_json::json!({ "cmd": "close_transport" }));
-    }
-
-    /// The next event, at most `timeout` from now; `None` on timeout or when
-    /// the driver is gone.
-    pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
-        let v = match self.pending.pop_front() {
-            Some(v) => v,
-            None => tokio::time::timeout(timeout, self.events.recv())
-                .await
-                .ok()??,
-        };
-        self.note(&v);
-        Some(v)
-    }
-
-    /// The first event that satisfies `pred`, skipping (and dropping) the
-    /// others; panics with what it saw when none comes within `timeout`.
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        for _ in 0..SIO_MAX_SKIPPED {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_event(left).await {
-                Some(v) if pred(&v) => return v,
-                Some(_) => continue,
-                None => panic!(
-                    "no matching socket.io event within {timeout:?}{}; {}",
-                    if self.exited() {
-                        " (the driver exited)"
-                    } else {
-                        ""
-                    },
-                    self.describe()
-                ),
-            }
-        }
-        panic!(
-            "no matching socket.io event in {SIO_MAX_SKIPPED} events; {}",
-            self.describe()
-        )
-    }
-
-    /// Waits for the event named `ev` (`"connect"`, `"disconnect"`, …).
-    pub async fn wait_ev(&mut self, timeout: Duration, ev: &str) -> Value {
-        self.wait_for(timeout, |v| v["ev"] == ev).await
+        self.driver
+            .send(&serde_json::json!({ "cmd": "close_transport" }));
     }
 
     /// Waits for the server event `name` (`{"ev":"event","name",…}`).
     pub async fn wait_event(&mut self, timeout: Duration, name: &str) -> Value {
-        self.wait_for(timeout, |v| v["ev"] == "event" && v["name"] == name)
+        self.driver
+            .wait_for(timeout, |v| v["ev"] == "event" && v["name"] == name)
             .await
-    }
-
-    /// Closes the driver's stdin (it then exits by itself) and waits for it
-    /// to exit, at most `timeout`; `None` if it did not.
-    pub fn close_stdin_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.stdin = None;
-        let child = self.child.as_mut()?;
-        let mut status = None;
-        wait_until_sync(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
-    }
-
-    /// The events taken so far (the last [`SIO_SEEN_KEPT`]).
-    pub fn seen(&self) -> Vec<Value> {
-        self.seen.iter().cloned().collect()
-    }
-
-    /// What the driver wrote to stderr (the first [`SIO_STDERR_KEPT`] lines).
-    pub fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn tag(&mut self) -> String {
-        self.tags += 1;
-        format!("t{}", self.tags)
-    }
-
-    /// The event that carries `tag` (a reply to one command), keeping the
-    /// others in `pending`, in order.
-    async fn reply(&mut self, tag: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        for _ in 0..SIO_MAX_SKIPPED {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let next = tokio::time::timeout(left, self.events.recv())
-                .await
-                .ok()
-                .flatten();
-            match next {
-                Some(v) if v["tag"] == tag => {
-                    self.note(&v);
-                    return v;
-                }
-                Some(v) => self.pending.push_back(v),
-                None => panic!(
-                    "no reply to command {tag} within {timeout:?}{}; pending: {:?}; {}",
-                    if self.exited() {
-                        " (the driver exited)"
-                    } else {
-                        ""
-                    },
-                    self.pending,
-                    self.describe()
-                ),
-            }
-        }
-        panic!(
-            "no reply to command {tag} in {SIO_MAX_SKIPPED} events; {}",
-            self.describe()
-        )
-    }
-
-    fn note(&mut self, v: &Value) {
-        if self.seen.len() == SIO_SEEN_KEPT {
-            self.seen.pop_front();
-        }
-        self.seen.push_back(v.clone());
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
-    }
-
-    fn describe(&self) -> String {
-        let seen: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
-        format!(
-            "events seen (last {}):\n  {}\ndriver stderr:\n{}",
-            SIO_SEEN_KEPT,
-            if seen.is_empty() {
-                "(none)".to_string()
-            } else {
-                seen.join("\n  ")
-            },
-            self.stderr_text()
-        )
     }
 }
 
