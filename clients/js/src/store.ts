@@ -29,8 +29,12 @@ const stores = new WeakMap<Gateway, GatewayStore>();
 
 /**
  * The store of `gw`: one per gateway, made on first use and listening to
- * it from then on (so that the last messages are there for a component
- * that mounts later). Its functions are stable, as the hook needs.
+ * it from then on, so that the last messages are there for a component
+ * that mounts later. It records nothing from before its first use: call
+ * `gatewayStore(gw)` once next to `new Gateway()` when the first
+ * component may mount after the first messages. Opt-in, so that apps
+ * without it pay nothing per message. Its functions are stable, as
+ * `useSyncExternalStore` needs.
  */
 export function gatewayStore(gw: Gateway): GatewayStore {
   let store = stores.get(gw);
