@@ -121,6 +121,13 @@ export class Gateway {
   private tokenRetried = false;
   /** A token() for TOKEN_EXPIRING is under way. */
   private refreshing = false;
+  /** The `exp` of the last TOKEN_EXPIRING a new token was fetched for. */
+  private refreshedFor: number | null = null;
+  /**
+   * SSE: the last event was a CONNECTED announcing a replay, so the
+   * stream's Last-Event-ID (CONNECTED's id) is ahead of what arrived.
+   */
+  private replayAhead = false;
   private socket: WebSocketLike | null = null;
   private connectedAt: number | null = null;
   /** The code of the last ERROR, which explains the close that follows it. */
@@ -154,7 +161,7 @@ export class Gateway {
       this.sse = new SseLink(EventSourceImpl, {
         text: (data) => this.receive(data),
         opened: () => this.setState("connecting"),
-        retrying: () => this.lost(),
+        retrying: () => this.sseRetrying(),
         closed: () => this.sseClosed(),
       });
       for (const type of CONTROL_TYPES) this.sse.listen(type);
@@ -310,13 +317,15 @@ export class Gateway {
     // CONNECTED's id is new on every connection; the others may repeat.
     if (id !== null && type !== "CONNECTED" && !this.seen.first(id)) return;
     const data = (msg.data ?? {}) as Record<string, unknown>;
-    if (id !== null && !(type === "CONNECTED" && Number(data.replayed) > 0)) this.lastId = id;
+    const replayFollows = type === "CONNECTED" && Number(data.replayed) > 0;
+    if (id !== null && !replayFollows) this.lastId = id;
+    if (id !== null) this.replayAhead = replayFollows;
     switch (type) {
       case "CONNECTED":
         this.connected(data);
         break;
       case "TOKEN_EXPIRING":
-        this.refreshToken();
+        this.refreshToken(Number(data.exp) || 0);
         break;
       case "ERROR":
         this.lastError = {
@@ -356,9 +365,19 @@ export class Gateway {
     if (data.recovered === false) this.emit("gap");
   }
 
-  /** TOKEN_EXPIRING: a new token, sent as AUTH_REFRESH (ws) or on a new stream (sse). */
-  private refreshToken(): void {
+  /**
+   * TOKEN_EXPIRING: a new token, sent as AUTH_REFRESH (ws) or on a new
+   * stream (sse). Once per `exp`: when token() gave a token that expires
+   * no later (a backend that hands out the same token until it expires),
+   * the gateway says TOKEN_EXPIRING again at once, after AUTH_REFRESHED
+   * or on the new stream; asking again would loop as fast as the round
+   * trip. Then the close (or the end of the stream) at exp + leeway gets
+   * a new token as after any refusal.
+   */
+  private refreshToken(exp: number): void {
     if (this.refreshing || this.sse?.swapping) return;
+    if (this.refreshedFor !== null && exp <= this.refreshedFor) return;
+    this.refreshedFor = exp;
     this.refreshing = true;
     const attempt = this.attempt;
     Promise.resolve()
@@ -414,6 +433,20 @@ export class Gateway {
   private linkDead(): void {
     if (!this.socket) return;
     this.socketClosed(1006);
+  }
+
+  /**
+   * EventSource is reconnecting by itself, with the last `id:` it got as
+   * Last-Event-ID. That is right, except just after a CONNECTED that
+   * announced a replay: its id is newer than the replayed messages, which
+   * a resume from it would skip. Then a new stream resumes from lastId.
+   */
+  private sseRetrying(): void {
+    this.lost();
+    if (this.replayAhead && this.started && this.token !== null) {
+      this.replayAhead = false;
+      this.sse!.open(this.sseUrl(this.token));
+    }
   }
 
   private sseClosed(): void {

@@ -167,3 +167,36 @@ test("SSE: subscribe before connect resolves on CONNECTED, rejects if stopped fi
   await flush();
   assert.equal(result, "sse_refused");
 });
+
+test("SSE: a stream broken right after a CONNECTED that announced a replay resumes from lastId, not from CONNECTED's id", async () => {
+  const [t, es1] = await sseStarted();
+  t.gw.on("X", () => {});
+  es1.connected({ id: "01C1" });
+  es1.emit("X", { type: "X", id: "01M1" });
+  es1.retry();
+  es1.open();
+  es1.connected({ id: "01C2", recovered: true, replayed: 2 });
+  es1.retry(); // EventSource would send Last-Event-ID: 01C2, past the two replayed messages
+  assert.equal(es1.readyState, 2, "that EventSource is closed");
+  const es2 = t.EventSource.last;
+  assert.notEqual(es2, es1);
+  assert.equal(params(es2).get("since"), "01M1");
+  es2.retry(); // a plain break: EventSource's own reconnect is kept
+  assert.equal(t.EventSource.instances.length, 2);
+  assert.equal(t.gw.state, "disconnected");
+  t.gw.close();
+});
+
+test("SSE: a new stream whose token expires no later is not swapped again and again", async () => {
+  const [t, es1] = await sseStarted({ tokens: ["a"] });
+  es1.connected();
+  es1.emit("TOKEN_EXPIRING", { type: "TOKEN_EXPIRING", data: { exp: 100 } });
+  await flush();
+  const es2 = t.EventSource.last;
+  es2.connected({ id: "01S2" });
+  es2.emit("TOKEN_EXPIRING", { type: "TOKEN_EXPIRING", data: { exp: 100 } });
+  await flush();
+  assert.equal(t.EventSource.instances.length, 2);
+  assert.equal(t.log.tokenCalls, 2);
+  t.gw.close();
+});

@@ -131,3 +131,23 @@ test("token() failing: an error event, then a retry with backoff", async () => {
   assert.deepEqual(WebSocket.last.protocols, ["ws-gateway", "bearer.ok"]);
   gw.close();
 });
+
+test("a new token that does not expire later is not asked for again and again", async () => {
+  const t = setup({ tokens: ["same"] });
+  const ws = await started(t);
+  ws.connected();
+  ws.receive({ type: "TOKEN_EXPIRING", data: { exp: 100 } });
+  await flush();
+  ws.receive({ type: "AUTH_REFRESHED", data: { exp: 100 } });
+  // Less than 60 s left: the gateway says it again at once.
+  ws.receive({ type: "TOKEN_EXPIRING", data: { exp: 100 } });
+  await flush();
+  assert.equal(t.log.tokenCalls, 2);
+  assert.deepEqual(ws.frames, [{ type: "AUTH_REFRESH", token: "same" }]);
+  // A later token's own TOKEN_EXPIRING is answered.
+  ws.receive({ type: "TOKEN_EXPIRING", data: { exp: 3700 } });
+  await flush();
+  assert.equal(t.log.tokenCalls, 3);
+  assert.equal(ws.frames.length, 2);
+  t.gw.close();
+});
