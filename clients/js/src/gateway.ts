@@ -74,8 +74,7 @@ export interface GatewayOptions {
   now?: () => number;
 }
 
-/** A message handler: `(message.data, message)`. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+/** A message handler: `(message.data, message)`; `data` is `any` unless typed, as JSON is. */
 export type MessageHandler<T = any> = (data: T, message: Message<T>) => void;
 
 type AnyHandler = (...args: never[]) => void;
@@ -98,7 +97,6 @@ export class Gateway {
   lastId: string | null = null;
 
   private readonly url: string;
-  private readonly transport: "ws" | "sse";
   private readonly WebSocketImpl: WebSocketConstructor | undefined;
   private readonly sse: SseLink | null;
   private readonly tokenSource: () => string | Promise<string>;
@@ -138,7 +136,7 @@ export class Gateway {
 
   constructor(options: GatewayOptions) {
     this.url = options.url;
-    this.transport = options.transport ?? "ws";
+    const transport = options.transport ?? "ws";
     const token = options.token;
     this.tokenSource = typeof token === "function" ? token : () => token;
     this.heartbeatOverride = options.heartbeatSecs;
@@ -155,7 +153,7 @@ export class Gateway {
       () => this.commands.ping(this.clock.now()),
       () => this.linkDead(),
     );
-    if (this.transport === "sse") {
+    if (transport === "sse") {
       const EventSourceImpl = options.EventSource ?? g.EventSource;
       if (!EventSourceImpl) throw new TypeError("ws-gateway-client: no EventSource; pass options.EventSource");
       this.sse = new SseLink(EventSourceImpl, {
@@ -166,12 +164,12 @@ export class Gateway {
       });
       for (const type of CONTROL_TYPES) this.sse.listen(type);
       for (const type of options.types ?? []) this.sse.listen(type);
-    } else if (this.transport === "ws") {
+    } else if (transport === "ws") {
       this.sse = null;
       this.WebSocketImpl = options.WebSocket ?? g.WebSocket;
       if (!this.WebSocketImpl) throw new TypeError("ws-gateway-client: no WebSocket; pass options.WebSocket");
     } else {
-      throw new TypeError(`ws-gateway-client: unknown transport ${JSON.stringify(this.transport)}`);
+      throw new TypeError(`ws-gateway-client: unknown transport ${JSON.stringify(transport)}`);
     }
   }
 
@@ -187,7 +185,7 @@ export class Gateway {
   on(event: "state", handler: (state: GatewayState) => void): () => void;
   on(event: "gap", handler: () => void): () => void;
   on(event: "error", handler: (error: GatewayError) => void): () => void;
-  on<T = any>(type: string, handler: MessageHandler<T>): () => void; // eslint-disable-line @typescript-eslint/no-explicit-any
+  on<T = any>(type: string, handler: MessageHandler<T>): () => void;
   on(event: string, handler: AnyHandler): () => void {
     let set = this.handlers.get(event);
     if (!set) this.handlers.set(event, (set = new Set()));

@@ -17,8 +17,8 @@ export { gatewayStore, type GatewaySnapshot, type GatewayStore } from "./store.j
 export function useGatewayEvent(gw: Gateway, type: "state", handler: (state: GatewayState) => void): void;
 export function useGatewayEvent(gw: Gateway, type: "gap", handler: () => void): void;
 export function useGatewayEvent(gw: Gateway, type: "error", handler: (error: GatewayError) => void): void;
-export function useGatewayEvent<T = any>(gw: Gateway, type: string, handler: MessageHandler<T>): void; // eslint-disable-line @typescript-eslint/no-explicit-any
-export function useGatewayEvent(gw: Gateway, type: string, handler: (...args: any[]) => void): void { // eslint-disable-line @typescript-eslint/no-explicit-any
+export function useGatewayEvent<T = any>(gw: Gateway, type: string, handler: MessageHandler<T>): void;
+export function useGatewayEvent(gw: Gateway, type: string, handler: (...args: any[]) => void): void {
   const latest = useRef(handler);
   useEffect(() => {
     latest.current = handler;
