@@ -11,7 +11,9 @@
 //       next of `tokens` on each call, the last one again once they run
 //       out, and reports {"ev":"token","n":<calls so far>} first;
 //       registers on() for each of `types` and for "*", "state", "gap",
-//       "error", then calls connect(). For "sse", the URL is the /sse one.
+//       "error", then calls connect(). For "sse", the URL is the /sse one
+//       (a ws:// or wss:// URL whose path is /ws is taken as its http(s)
+//       /sse sibling, so either may be passed).
 //       Optional "rooms":["r",…]: subscribed before connect() (over SSE
 //       the only way: they go in ?rooms=), each reported as below with
 //       "tag":null once CONNECTED accepted it.
@@ -60,7 +62,7 @@ function start(cmd) {
   const tokens = Array.isArray(cmd.tokens) && cmd.tokens.length > 0 ? cmd.tokens.map(String) : [""];
   let calls = 0;
   gw = new Gateway({
-    url: cmd.url,
+    url: cmd.transport === "sse" ? sseUrl(cmd.url) : cmd.url,
     transport: cmd.transport ?? "ws",
     token: () => {
       calls += 1;
@@ -81,6 +83,15 @@ function start(cmd) {
   gw.on("error", (e) => report({ ev: "error", message: e.message, code: e.code ?? null }));
   for (const name of cmd.rooms ?? []) room({ room: name }, "subscribe");
   gw.connect();
+}
+
+/** ws://host/ws → http://host/sse (and wss → https); any other URL as given. */
+function sseUrl(url) {
+  const u = new URL(url);
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") return url;
+  u.protocol = u.protocol === "ws:" ? "http:" : "https:";
+  if (u.pathname === "/ws") u.pathname = "/sse";
+  return u.toString();
 }
 
 function room(cmd, verb) {
