@@ -22,7 +22,8 @@ fi
 
 # What the tests need from Debian: redis-server (integration tests start their
 # own on free ports), chromium (the browser test of the test console), haproxy
-# (tests/load_balancer.rs runs deploy/haproxy/haproxy.cfg), and
+# (tests/load_balancer.rs runs deploy/haproxy/haproxy.cfg), curl (the JS
+# client's browser test publishes with it), and
 # python3 with venv and node with npm (tests/readme.rs runs the README's
 # recipes). The machine usually has python3 and node already.
 # haproxy (the load-balancer test) lands in /usr/sbin, not on every PATH.
@@ -31,6 +32,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -62,6 +64,15 @@ bash tests/recipes/install.sh "$WS_GATEWAY_RECIPE_DEPS"
 export WS_GATEWAY_SOCKETIO_DEPS="${CARGO_TARGET_DIR:-$PWD/target}/socketio-client"
 step "socket.io-client for the Socket.IO tests in $WS_GATEWAY_SOCKETIO_DEPS"
 bash tests/socketio/install.sh "$WS_GATEWAY_SOCKETIO_DEPS"
+
+# The JS client (clients/js): its dev dependencies, its build (tsc) and its
+# unit tests; tests/js_client.rs and the browser test then drive its dist/.
+step "JS client (clients/js): npm ci, build, unit tests"
+(
+  cd clients/js
+  if [ -n "${CI:-}" ] || [ ! -d node_modules ]; then npm ci --no-audit --no-fund; fi
+  npm test
+)
 
 # The layers follow the message (src/lib.rs, "Layout"): the broker imports no
 # hub, session, HTTP or server code, and the wire imports no hub.

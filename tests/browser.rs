@@ -16,7 +16,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -216,10 +216,16 @@ impl Cdp {
         .await;
         self.call(Some(&session), "Page.navigate", json!({ "url": url }))
             .await;
+        let path = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.find('/').map(|at| &rest[at..]))
+            .unwrap_or("/");
+        let path = path.split(['#', '?']).next().unwrap_or(path);
         let loaded = self
             .wait_for(
                 &session,
-                "document.readyState === 'complete' && location.pathname === '/socket-test.html'",
+                &format!("document.readyState === 'complete' && location.pathname === {path:?}"),
                 PAGE_TIMEOUT,
             )
             .await;
@@ -336,11 +342,16 @@ impl Console {
         fragment: &str,
         viewport: (u32, u32),
     ) -> Console {
+        let url = format!("http://127.0.0.1:{port}/socket-test.html#{fragment}");
+        Console::open_url(binary, &url, viewport).await
+    }
+
+    /// Opens any page `url` (not only the console) the same way.
+    async fn open_url(binary: &PathBuf, url: &str, viewport: (u32, u32)) -> Console {
         let profile = TempDir::new();
         let (browser, devtools) = start_browser(binary, &profile, viewport);
         let mut cdp = Cdp::connect(&devtools).await;
-        let url = format!("http://127.0.0.1:{port}/socket-test.html#{fragment}");
-        let session = cdp.open_page(&url, viewport).await;
+        let session = cdp.open_page(url, viewport).await;
         Console {
             cdp,
             session,
@@ -1147,10 +1158,7 @@ async fn readme_sse_snippet_as_printed() {
     };
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
-    let snippet = pointed_at(
-        &readme_recipe("sse"),
-        &format!("http://127.0.0.1:{}", gw.port()),
-    );
+    let snippet = pointed_at(&readme_recipe("sse"), &format!("127.0.0.1:{}", gw.port()));
     let token = mint_claims(&json!({
         "sub": "42",
         "channels": ["household-*"],
@@ -1265,4 +1273,143 @@ async fn console_shows_token_refusals_over_sse_and_socketio() {
             .collect();
         assert!(errors.is_empty(), "{transport}: page errors: {errors:?}");
     }
+}
+
+/// Issue 14, and the README's client example (`<!-- recipe: client -->`)
+/// as printed but for its host: a page imports it as a module, with an
+/// import map that resolves `ws-gateway-client` to the built
+/// `clients/js/dist/index.js`. It connects through the `bearer.`
+/// subprotocol, no token in any URL, joins its room, and shows an event
+/// published with curl. The page is served by a static server on loopback,
+/// another origin the gateway allows; it provides what the example calls
+/// (`/api/ws-token`, `showBudgetAlert`, `refetchStateOverRest`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_client_example_in_chromium_shows_an_event_published_with_curl() {
+    let Some(binary) =
+        chromium_or_skip("readme_client_example_in_chromium_shows_an_event_published_with_curl")
+    else {
+        return;
+    };
+    let dist = js_client_dir().join("dist");
+    let redis = Redis::start();
+    let site = TempDir::new();
+    std::os::unix::fs::symlink(&dist, site.path().join("dist")).expect("link dist");
+    let user = mint_claims(&json!({
+        "sub": "42",
+        "channels": ["household-*"],
+        "exp": now_secs() + 600,
+    }));
+    let (_static_server, static_port) = static_server(site.path()).await;
+    let origin = format!("http://127.0.0.1:{static_port}");
+    let gw = gateway()
+        .redis(&redis)
+        .env("GATEWAY_SERVER_ALLOWED_ORIGINS", &origin)
+        .start()
+        .await;
+    let example = pointed_at(
+        &readme_recipe("client"),
+        &format!("127.0.0.1:{}", gw.port()),
+    );
+    std::fs::create_dir(site.path().join("api")).expect("mkdir api");
+    site.write("api/ws-token", &user);
+    site.write(
+        "index.html",
+        &format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>client</title>
+<script type="importmap">{{"imports": {{"ws-gateway-client": "/dist/index.js"}}}}</script>
+<script>
+  window.alerts = []; window.gaps = 0; window.states = [];
+  window.showBudgetAlert = (data) => alerts.push(data);
+  window.refetchStateOverRest = () => gaps++;
+  {{ const log = console.log; console.log = (...a) => {{ if (a[0] === "gateway:") states.push(a[1]); log(...a); }}; }}
+</script>
+<script type="module">
+{example}
+window.subscribed = true;
+</script>
+</head><body></body></html>"#
+        ),
+    );
+    let url = format!("{origin}/index.html");
+    let mut page = Console::open_url(&binary, &url, (1024, 768)).await;
+    let joined = page
+        .wait_for("window.subscribed === true", PAGE_TIMEOUT)
+        .await;
+    assert!(
+        joined,
+        "the example did not connect and subscribe: states {}, errors {:?}",
+        page.eval("JSON.stringify(states)").await,
+        page.cdp.page_errors()
+    );
+    assert_eq!(page.eval("states.at(-1)").await, json!("connected"));
+    redis.wait_numsub("ws:room:household-7", 1).await;
+
+    let body = r#"{"type":"BUDGET_ALERT","data":{"category":"dining","percent":92}}"#;
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {}", admin_token())])
+        .args(["-H", "Content-Type: application/json", "-d", body])
+        .arg(format!("http://127.0.0.1:{}/ws/test-message/42", gw.port()))
+        .output()
+        .expect("run curl");
+    assert!(
+        curl.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let shown = page
+        .wait_for(
+            "alerts.some((a) => a.category === 'dining' && a.percent === 92)",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    assert!(
+        shown,
+        "showBudgetAlert was not called: {}",
+        page.eval("JSON.stringify(alerts)").await
+    );
+
+    // The token went in the subprotocol, never in the URL.
+    let sockets: Vec<String> = page
+        .cdp
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Network.webSocketCreated")
+        .map(|e| e["params"]["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!sockets.is_empty(), "no WebSocket seen");
+    assert!(
+        sockets
+            .iter()
+            .all(|u| !u.contains(&user) && !u.contains("token=")),
+        "a token in a WebSocket URL: {sockets:?}"
+    );
+    assert_eq!(page.eval("gaps").await, json!(0));
+    let errors = page.cdp.page_errors();
+    assert!(errors.is_empty(), "page errors: {errors:?}");
+}
+
+/// `python3 -m http.server` serving `dir` on a free loopback port, once it
+/// accepts connections; killed on drop.
+async fn static_server(dir: &Path) -> (ChildGuard, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    let guard = ChildGuard(Some(child));
+    let up = wait_until(PAGE_TIMEOUT, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "the static server did not start on {port}");
+    (guard, port)
 }

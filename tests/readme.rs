@@ -42,6 +42,7 @@ const RECIPES: &[&str] = &[
     "browser",
     "socketio",
     "sse",
+    "client",
 ];
 
 /// How long one recipe may run. They take well under a second; the bound
@@ -116,7 +117,7 @@ async fn readme_socketio_snippet_as_printed() {
         .expect("link node_modules");
     let snippet = dir.write(
         "snippet.mjs",
-        &pointed_at(&recipe("socketio"), &format!("http://{}", gw.addr)),
+        &pointed_at(&recipe("socketio"), &gw.addr.to_string()),
     );
     let check =
         std::fs::read_to_string(Path::new(MANIFEST_DIR).join("tests/recipes/socketio_check.mjs"))

@@ -64,6 +64,9 @@ pub use dev_secret::*;
 mod node_driver;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use node_driver::*;
+mod js_client;
+#[allow(unused_imports)] // each test uses a part of the harness
+pub use js_client::*;
 mod socketio;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use socketio::*;

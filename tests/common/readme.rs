@@ -44,16 +44,22 @@ pub fn readme_recipe(name: &str) -> String {
     text
 }
 
-/// The origin the README's client snippets connect to; a test points it at
+/// The host the README's client snippets connect to; a test points it at
 /// its own gateway, the only change it makes to a snippet.
-pub const EXAMPLE_ORIGIN: &str = "https://ws.example.com";
+pub const EXAMPLE_HOST: &str = "ws.example.com";
 
-/// `snippet` with its one [`EXAMPLE_ORIGIN`] replaced by `origin`.
-pub fn pointed_at(snippet: &str, origin: &str) -> String {
+/// `snippet` with its one `https://` or `wss://` [`EXAMPLE_HOST`] replaced
+/// by `http://` or `ws://` `host` (no TLS on loopback).
+pub fn pointed_at(snippet: &str, host: &str) -> String {
     assert_eq!(
-        snippet.matches(EXAMPLE_ORIGIN).count(),
+        snippet.matches(EXAMPLE_HOST).count(),
         1,
-        "the snippet should name {EXAMPLE_ORIGIN} once: {snippet}"
+        "the snippet should name {EXAMPLE_HOST} once: {snippet}"
     );
-    snippet.replace(EXAMPLE_ORIGIN, origin)
+    snippet
+        .replace(
+            &format!("https://{EXAMPLE_HOST}"),
+            &format!("http://{host}"),
+        )
+        .replace(&format!("wss://{EXAMPLE_HOST}"), &format!("ws://{host}"))
 }
