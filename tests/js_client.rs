@@ -253,3 +253,40 @@ async fn rooms_are_subscribed_and_resubscribed_after_a_reconnect() {
     redis.wait_numsub("ws:room:household-7", 0).await;
     drop(gw);
 }
+
+/// The SSE transport (`transport: "sse"`, Node's `eventsource` package in
+/// the driver): messages by type, and a gateway restart resumed from the
+/// last id with exactly the missed messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sse_messages_arrive_and_a_restart_resumes_exactly() {
+    let redis = Redis::start();
+    let port = free_port();
+    let start = || async {
+        gateway()
+            .redis(&redis)
+            .arg("--listen")
+            .arg(&format!("127.0.0.1:{port}"))
+            .start()
+            .await
+    };
+    let gw = start().await;
+    let url = format!("http://{}/sse", gw.addr);
+    let user = token("42", &[]);
+    let mut js = JsClient::start(&url, "sse", &[&user], &["GOAL_ACHIEVED"]).await;
+    js.wait_state(WAIT, "connected").await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    let mut conn = redis.conn().await;
+    let first = conn.publish_numbered("42", "GOAL_ACHIEVED", 0..=0).await;
+    let got = js.next_message(WAIT).await;
+    assert_eq!(got["id"], first[0]["id"], "{got}");
+    assert_eq!(got["data"], first[0]["data"], "{got}");
+
+    drop(gw);
+    let missed = conn.publish_numbered("42", "GOAL_ACHIEVED", 1..=3).await;
+    let _gw = start().await;
+    let got = messages(&mut js, 3).await;
+    for (m, g) in missed.iter().zip(&got) {
+        assert_eq!(g["id"], m["id"], "exactly the missed ones, in order: {got:?}");
+    }
+    expect_no_more_messages(&mut js).await;
+}
