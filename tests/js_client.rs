@@ -71,14 +71,7 @@ async fn events_arrive_by_type_with_their_data() {
 async fn a_gateway_restart_resumes_with_exactly_the_missed_messages() {
     let redis = Redis::start();
     let port = free_port();
-    let start = || async {
-        gateway()
-            .redis(&redis)
-            .arg("--listen")
-            .arg(&format!("127.0.0.1:{port}"))
-            .start()
-            .await
-    };
+    let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
     let user = token("42", &[]);
     let mut js = JsClient::start(&ws_url(&gw), "ws", &[&user], &["NEW_TRANSACTION"]).await;
@@ -109,14 +102,7 @@ async fn a_gateway_restart_resumes_with_exactly_the_missed_messages() {
 async fn a_lost_resume_point_is_a_gap() {
     let redis = Redis::start();
     let port = free_port();
-    let start = || async {
-        gateway()
-            .redis(&redis)
-            .arg("--listen")
-            .arg(&format!("127.0.0.1:{port}"))
-            .start()
-            .await
-    };
+    let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
     let user = token("42", &[]);
     let mut js = JsClient::start(&ws_url(&gw), "ws", &[&user], &["NEW_TRANSACTION"]).await;
@@ -204,14 +190,7 @@ async fn a_refused_new_token_stops_the_client() {
 async fn rooms_are_subscribed_and_resubscribed_after_a_reconnect() {
     let redis = Redis::start();
     let port = free_port();
-    let start = || async {
-        gateway()
-            .redis(&redis)
-            .arg("--listen")
-            .arg(&format!("127.0.0.1:{port}"))
-            .start()
-            .await
-    };
+    let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
     let user = mint_claims(&json!({
         "sub": "42",
@@ -261,14 +240,7 @@ async fn rooms_are_subscribed_and_resubscribed_after_a_reconnect() {
 async fn over_sse_messages_arrive_and_a_restart_resumes_exactly() {
     let redis = Redis::start();
     let port = free_port();
-    let start = || async {
-        gateway()
-            .redis(&redis)
-            .arg("--listen")
-            .arg(&format!("127.0.0.1:{port}"))
-            .start()
-            .await
-    };
+    let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
     let url = format!("http://{}/sse", gw.addr);
     let user = token("42", &[]);
@@ -286,7 +258,10 @@ async fn over_sse_messages_arrive_and_a_restart_resumes_exactly() {
     let _gw = start().await;
     let got = messages(&mut js, 3).await;
     for (m, g) in missed.iter().zip(&got) {
-        assert_eq!(g["id"], m["id"], "exactly the missed ones, in order: {got:?}");
+        assert_eq!(
+            g["id"], m["id"],
+            "exactly the missed ones, in order: {got:?}"
+        );
     }
     expect_no_more_messages(&mut js).await;
 }

@@ -131,14 +131,7 @@ async fn a_dropped_transport_recovers_exactly_the_missed_events() {
 async fn a_gateway_restart_recovers_exactly_the_missed_events() {
     let redis = Redis::start();
     let port = free_port();
-    let start = || async {
-        gateway()
-            .redis(&redis)
-            .arg("--listen")
-            .arg(&format!("127.0.0.1:{port}"))
-            .start()
-            .await
-    };
+    let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
     let mut sio = SioClient::start().await;
     sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));

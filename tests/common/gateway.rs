@@ -38,6 +38,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Listens on 127.0.0.1:`port`: a test that restarts "the same
+    /// instance" on the port its clients reconnect to.
+    pub fn listen_port(self, port: u16) -> Self {
+        self.arg("--listen").arg(&format!("127.0.0.1:{port}"))
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self

@@ -37,50 +37,10 @@ pub fn js_client_dir() -> &'static Path {
 
 /// Runs `npm ARGS` in `dir`, bounded; panics with its output on failure.
 fn npm(dir: &Path, args: &[&str]) {
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new("npm")
-        .args(args)
-        .current_dir(dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run npm {args:?}: {e}"));
-    let readers = [
-        Box::new(child.stdout.take().expect("stdout pipe")) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().expect("stderr pipe")),
-    ]
-    .map(|mut pipe| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    });
-    let mut status = None;
-    wait_until_sync(JS_BUILD_TIMEOUT, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .status();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let [out, err] = readers.map(|t| t.join().expect("pipe reader thread"));
-    if !status.is_some_and(|s| s.success()) {
-        panic!(
-            "npm {args:?} in {} {}:\n{out}{err}",
-            dir.display(),
-            match status {
-                None => format!("did not finish within {JS_BUILD_TIMEOUT:?}"),
-                Some(s) => format!("failed with {s}"),
-            }
-        );
-    }
+    let mut cmd = Command::new("npm");
+    cmd.args(args).current_dir(dir);
+    run_bounded(cmd, JS_BUILD_TIMEOUT)
+        .assert_success(&format!("npm {args:?} in {}", dir.display()));
 }
 
 /// One `Gateway` of the JS client in a driver process.

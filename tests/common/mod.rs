@@ -61,6 +61,9 @@ pub use http::*;
 mod dev_secret;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use dev_secret::*;
+mod process;
+#[allow(unused_imports)] // each test uses a part of the harness
+pub use process::*;
 mod node_driver;
 #[allow(unused_imports)] // each test uses a part of the harness
 pub use node_driver::*;

@@ -293,53 +293,13 @@ pub fn socketio_deps() -> &'static Path {
 
 /// Runs install.sh into `dir`, bounded to 300 s.
 fn install_socketio(dir: &Path) {
-    use std::os::unix::process::CommandExt;
-    // A group of its own, so that a timeout kills npm too.
-    let mut child = Command::new("bash")
-        .arg(SIO_INSTALL)
-        .arg(dir)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {SIO_INSTALL}: {e}"));
-    let readers = [
-        Box::new(child.stdout.take().expect("stdout pipe")) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().expect("stderr pipe")),
-    ]
-    .map(|mut pipe| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    });
-    let mut status = None;
-    wait_until_sync(Duration::from_secs(300), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .status();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let [out, err] = readers.map(|t| t.join().expect("pipe reader thread"));
-    match status {
-        Some(s) if s.success() => {}
-        _ => panic!(
-            "installing socket.io-client (`bash {SIO_INSTALL} {}`; needs node, npm and the npm \
-             registry) {}:\n{out}{err}",
-            dir.display(),
-            match status {
-                None => "did not finish within 300 s".to_string(),
-                Some(s) => format!("failed with {s}"),
-            }
-        ),
-    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(SIO_INSTALL).arg(dir);
+    run_bounded(cmd, Duration::from_secs(300)).assert_success(&format!(
+        "installing socket.io-client (`bash {SIO_INSTALL} {}`; needs node, npm and the npm \
+         registry)",
+        dir.display()
+    ));
 }
 
 /// A Socket.IO connection spoken by hand: the open packet, CONNECT with the
