@@ -19,6 +19,16 @@ fn ws_url(gw: &Gateway) -> String {
     format!("ws://{}/ws", gw.addr)
 }
 
+/// A JS client of user 42 over `/ws`, listening for `ty`, connected, its
+/// subscription confirmed.
+async fn connected(gw: &Gateway, redis: &Redis, ty: &str) -> JsClient {
+    let user = token("42", &[]);
+    let mut js = JsClient::start(&ws_url(gw), "ws", &[&user], &[ty]).await;
+    js.wait_state(WAIT, "connected").await;
+    redis.wait_numsub("ws:user:42", 1).await;
+    js
+}
+
 /// The messages the client reported, `n` of them, as (type, id, data).
 async fn messages(js: &mut JsClient, n: usize) -> Vec<Value> {
     let mut got = Vec::new();
@@ -45,10 +55,7 @@ async fn expect_no_more_messages(js: &mut JsClient) {
 async fn events_arrive_by_type_with_their_data() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
-    let user = token("42", &[]);
-    let mut js = JsClient::start(&ws_url(&gw), "ws", &[&user], &["BUDGET_ALERT"]).await;
-    js.wait_state(WAIT, "connected").await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut js = connected(&gw, &redis, "BUDGET_ALERT").await;
     let sent = redis
         .conn()
         .await
@@ -73,10 +80,7 @@ async fn a_gateway_restart_resumes_with_exactly_the_missed_messages() {
     let port = free_port();
     let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
-    let user = token("42", &[]);
-    let mut js = JsClient::start(&ws_url(&gw), "ws", &[&user], &["NEW_TRANSACTION"]).await;
-    js.wait_state(WAIT, "connected").await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut js = connected(&gw, &redis, "NEW_TRANSACTION").await;
     let mut conn = redis.conn().await;
     let first = conn.publish_numbered("42", "NEW_TRANSACTION", 0..=0).await;
     assert_eq!(js.next_message(WAIT).await["id"], first[0]["id"]);
@@ -104,10 +108,7 @@ async fn a_lost_resume_point_is_a_gap() {
     let port = free_port();
     let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
-    let user = token("42", &[]);
-    let mut js = JsClient::start(&ws_url(&gw), "ws", &[&user], &["NEW_TRANSACTION"]).await;
-    js.wait_state(WAIT, "connected").await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut js = connected(&gw, &redis, "NEW_TRANSACTION").await;
     let mut conn = redis.conn().await;
     conn.publish_numbered("42", "NEW_TRANSACTION", 0..=0).await;
     js.next_message(WAIT).await;

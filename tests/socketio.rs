@@ -33,6 +33,15 @@ async fn expect_exactly(sio: &mut SioClient, event: &str, messages: &[Value]) {
     }
 }
 
+/// A socket.io-client of `user`, connected, its subscription confirmed.
+async fn connected(gw: &Gateway, redis: &Redis, user: &str) -> SioClient {
+    let mut sio = SioClient::start().await;
+    sio.connect(&SioConnect::to(gw.addr).token(&token(user, &[])));
+    sio.expect_connect(WAIT).await;
+    redis.wait_numsub(&format!("ws:user:{user}"), 1).await;
+    sio
+}
+
 async fn publish(redis: &Redis, channel: &str, message: Value) {
     redis.publish(channel, message.to_string()).await;
 }
@@ -108,10 +117,7 @@ async fn polling_is_refused_with_transport_unsupported() {
 async fn a_dropped_transport_recovers_exactly_the_missed_events() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
-    let mut sio = SioClient::start().await;
-    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
-    sio.expect_connect(WAIT).await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut sio = connected(&gw, &redis, "42").await;
     let mut conn = redis.conn().await;
     let first = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=0).await;
     expect_exactly(&mut sio, "balance:updated", &first).await;
@@ -133,10 +139,7 @@ async fn a_gateway_restart_recovers_exactly_the_missed_events() {
     let port = free_port();
     let start = || gateway().redis(&redis).listen_port(port).start();
     let gw = start().await;
-    let mut sio = SioClient::start().await;
-    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
-    sio.expect_connect(WAIT).await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut sio = connected(&gw, &redis, "42").await;
     let mut conn = redis.conn().await;
     let first = conn
         .publish_numbered("42", "GOAL_PROGRESS_UPDATE", 0..=0)
@@ -164,10 +167,7 @@ async fn a_gateway_restart_recovers_exactly_the_missed_events() {
 async fn a_reconnect_while_redis_is_unreachable_recovers_once_it_answers() {
     let redis = Redis::start();
     let gw = gateway().redis(&redis).start().await;
-    let mut sio = SioClient::start().await;
-    sio.connect(&SioConnect::to(gw.addr).token(&token("42", &[])));
-    sio.expect_connect(WAIT).await;
-    redis.wait_numsub("ws:user:42", 1).await;
+    let mut sio = connected(&gw, &redis, "42").await;
     let mut conn = redis.conn().await;
     let first = conn.publish_numbered("42", "BALANCE_UPDATE", 0..=0).await;
     expect_exactly(&mut sio, "balance:updated", &first).await;
