@@ -50,15 +50,22 @@ impl Heartbeat {
     }
 
     /// The token's expiry (seconds since the epoch; None: it never
-    /// expires), replacing any earlier one.
+    /// expires), replacing any earlier one. TOKEN_EXPIRING is told once per
+    /// `exp`: a refresh to the same `exp` is not told again.
     pub fn expire_at(&mut self, exp: Option<u64>, leeway: Duration) {
+        let told = self
+            .expiry
+            .as_ref()
+            .filter(|e| e.notice_at.is_none())
+            .map(|e| e.exp);
         self.expiry = exp.map(|exp| {
             let now = tokio::time::Instant::now();
             let left_ms = (exp * 1000).saturating_sub(crate::publish::unix_millis());
             let at_exp = now + Duration::from_millis(left_ms);
+            let notice_at = at_exp.checked_sub(EXPIRY_NOTICE).unwrap_or(now).max(now);
             Expiry {
                 exp,
-                notice_at: Some(at_exp.checked_sub(EXPIRY_NOTICE).unwrap_or(now).max(now)),
+                notice_at: (told != Some(exp)).then_some(notice_at),
                 close_at: at_exp + leeway,
             }
         });
@@ -145,5 +152,23 @@ mod tests {
         // A token that expires within the notice period is told at once.
         hb.expire_at(Some(exp - 100), Duration::ZERO);
         assert_eq!(hb.due(start), Some(Beat::Expiring(exp - 100)));
+    }
+
+    /// A refresh to a token with the same `exp` (a backend that hands out
+    /// the same token again) is not told again: a client that refreshes on
+    /// every TOKEN_EXPIRING would loop until `exp`.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_to_the_same_exp_is_not_told_twice() {
+        let hour = Duration::from_secs(3600);
+        let mut hb = Heartbeat::new(hour, hour);
+        let start = tokio::time::Instant::now();
+        let exp = crate::publish::unix_millis() / 1000 + 30;
+        hb.expire_at(Some(exp), Duration::from_secs(5));
+        assert_eq!(hb.due(start), Some(Beat::Expiring(exp)));
+        hb.expire_at(Some(exp), Duration::from_secs(5));
+        assert_eq!(hb.due(start), None, "told once per exp");
+        // A later exp, still within the notice, is told.
+        hb.expire_at(Some(exp + 10), Duration::from_secs(5));
+        assert_eq!(hb.due(start), Some(Beat::Expiring(exp + 10)));
     }
 }
