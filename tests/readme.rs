@@ -382,44 +382,18 @@ fn ulid_time_ms(id: &str) -> Result<i64, String> {
 fn recipe_deps() -> &'static Path {
     static DEPS: OnceLock<PathBuf> = OnceLock::new();
     DEPS.get_or_init(|| {
-        let (dir, from_env) = match std::env::var_os("WS_GATEWAY_RECIPE_DEPS") {
-            Some(d) => (PathBuf::from(d), true),
-            None => {
-                // BIN is <target dir>/debug/ws-gateway.
-                let target = Path::new(BIN)
-                    .parent()
-                    .and_then(Path::parent)
-                    .expect("the gateway binary lives in <target dir>/<profile>/");
-                (target.join("readme-recipes"), false)
-            }
+        let script = Path::new(MANIFEST_DIR).join("tests/recipes/install.sh");
+        let deps = Deps {
+            env: "WS_GATEWAY_RECIPE_DEPS",
+            subdir: "readme-recipes",
+            script: &script,
+            needs: "python3 with venv, npm, and access to PyPI and npm; scripts/test.sh \
+                    installs the system packages",
         };
-        let ready = || {
+        deps.dir(|dir| {
             dir.join("venv/bin/python").is_file()
                 && dir.join("node/node_modules/redis/package.json").is_file()
-        };
-        if from_env {
-            assert!(
-                ready(),
-                "WS_GATEWAY_RECIPE_DEPS={} lacks venv/bin/python or node/node_modules/redis: \
-                 run `tests/recipes/install.sh {}` (scripts/test.sh does)",
-                dir.display(),
-                dir.display()
-            );
-            return dir;
-        }
-        let install = Path::new(MANIFEST_DIR).join("tests/recipes/install.sh");
-        let mut cmd = Command::new("bash");
-        cmd.arg(&install).arg(&dir);
-        let run = run_bounded(cmd, Duration::from_secs(300));
-        run.assert_success(&format!(
-            "installing redis-py and node-redis for the README recipes (`{} {}`; needs python3 \
-             with venv, npm and access to PyPI and npm; scripts/test.sh installs the system \
-             packages)",
-            install.display(),
-            dir.display()
-        ));
-        assert!(ready(), "{} did not install everything", install.display());
-        dir
+        })
     })
 }
 

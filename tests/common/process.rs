@@ -78,3 +78,57 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Run {
         stderr,
     }
 }
+
+/// What a test needs installed outside the repository (npm or PyPI
+/// packages), and where it goes.
+pub struct Deps<'a> {
+    /// The variable scripts/test.sh exports with the directory it
+    /// installed into (so the networked install shows in its own step).
+    pub env: &'a str,
+    /// The directory under `<target dir>` to install into without it.
+    pub subdir: &'a str,
+    /// The install script (`bash SCRIPT DIR`; idempotent).
+    pub script: &'a Path,
+    /// What the install needs, for a failure message.
+    pub needs: &'a str,
+}
+
+impl Deps<'_> {
+    /// The directory holding them. With `env` set it must be ready (a clear
+    /// failure otherwise); without, `script` installs what is missing,
+    /// bounded to 300 s, into `<target dir>/subdir`. `ready` says whether
+    /// a directory has everything.
+    pub fn dir(&self, ready: impl Fn(&Path) -> bool) -> PathBuf {
+        let script = self.script.display();
+        if let Some(dir) = std::env::var_os(self.env) {
+            let dir = PathBuf::from(dir);
+            assert!(
+                ready(&dir),
+                "{}={} lacks what the tests import: run `bash {script} {}` (scripts/test.sh does)",
+                self.env,
+                dir.display(),
+                dir.display()
+            );
+            return dir;
+        }
+        // BIN is <target dir>/<profile>/ws-gateway.
+        let dir = Path::new(BIN)
+            .parent()
+            .and_then(Path::parent)
+            .expect("the gateway binary lives in <target dir>/<profile>/")
+            .join(self.subdir);
+        let mut cmd = Command::new("bash");
+        cmd.arg(self.script).arg(&dir);
+        run_bounded(cmd, Duration::from_secs(300)).assert_success(&format!(
+            "`bash {script} {}` (needs {})",
+            dir.display(),
+            self.needs
+        ));
+        assert!(
+            ready(&dir),
+            "{script} did not install everything into {}",
+            dir.display()
+        );
+        dir
+    }
+}

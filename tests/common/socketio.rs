@@ -260,46 +260,17 @@ impl SioClient {
 pub fn socketio_deps() -> &'static Path {
     static DEPS: OnceLock<PathBuf> = OnceLock::new();
     DEPS.get_or_init(|| {
-        let (dir, from_env) = match std::env::var_os("WS_GATEWAY_SOCKETIO_DEPS") {
-            Some(d) => (PathBuf::from(d), true),
-            None => {
-                // BIN is <target dir>/<profile>/ws-gateway.
-                let target = Path::new(BIN)
-                    .parent()
-                    .and_then(Path::parent)
-                    .expect("the gateway binary lives in <target dir>/<profile>/");
-                (target.join("socketio-client"), false)
-            }
+        let deps = Deps {
+            env: "WS_GATEWAY_SOCKETIO_DEPS",
+            subdir: "socketio-client",
+            script: Path::new(SIO_INSTALL),
+            needs: "node, npm and the npm registry",
         };
-        let ready = || {
+        deps.dir(|dir| {
             dir.join("node_modules/socket.io-client/package.json")
                 .is_file()
-        };
-        if from_env {
-            assert!(
-                ready(),
-                "WS_GATEWAY_SOCKETIO_DEPS={} lacks node_modules/socket.io-client: run \
-                 `tests/socketio/install.sh {}` (scripts/test.sh does)",
-                dir.display(),
-                dir.display()
-            );
-            return dir;
-        }
-        install_socketio(&dir);
-        assert!(ready(), "{SIO_INSTALL} did not install socket.io-client");
-        dir
+        })
     })
-}
-
-/// Runs install.sh into `dir`, bounded to 300 s.
-fn install_socketio(dir: &Path) {
-    let mut cmd = Command::new("bash");
-    cmd.arg(SIO_INSTALL).arg(dir);
-    run_bounded(cmd, Duration::from_secs(300)).assert_success(&format!(
-        "installing socket.io-client (`bash {SIO_INSTALL} {}`; needs node, npm and the npm \
-         registry)",
-        dir.display()
-    ));
 }
 
 /// A Socket.IO connection spoken by hand: the open packet, CONNECT with the
